@@ -1,0 +1,57 @@
+"""Default configuration of the portal.
+
+Every value here is a safe default. Deployments override them with environment variables
+prefixed ``FLASK_`` (read by ``app.config.from_prefixed_env()``, values parsed as JSON), and
+tests pass a dict to the factory. Secrets have no default: start-up fails without them,
+except in the demo, which generates its own keys into the instance folder.
+"""
+
+
+class Config:
+    # Flask. SECRET_KEY signs the staff session cookie only; the portal's other secrets are the
+    # key sets below, one per purpose, so that rotating one never breaks another.
+    SECRET_KEY: str | None = None
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = True
+    PREFERRED_URL_SCHEME = "https"
+    MAX_CONTENT_LENGTH = 1024 * 1024
+
+    # Database. None means SQLite in the instance folder (the embedded default).
+    SQLALCHEMY_DATABASE_URI: str | None = None
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+
+    # Mail (Flask-Mail). Sending is never suppressed implicitly: Flask-Mail would otherwise
+    # follow app.testing and silently drop every message in tests.
+    MAIL_SERVER = "127.0.0.1"
+    MAIL_PORT = 25
+    MAIL_USE_TLS = False
+    MAIL_USE_SSL = False
+    MAIL_USERNAME: str | None = None
+    MAIL_PASSWORD: str | None = None
+    MAIL_DEFAULT_SENDER = "privacy@example.com"
+    MAIL_SUPPRESS_SEND = False
+
+    # Languages (Flask-Babel). The contact-facing pages speak these.
+    BABEL_DEFAULT_LOCALE = "en"
+    BABEL_DEFAULT_TIMEZONE = "UTC"
+    PORTAL_LANGUAGES = ["en", "de"]
+
+    # The portal's own settings.
+    # Public base URL every emailed link is built from, never the request's Host header.
+    PORTAL_BASE_URL: str | None = None
+    # The demo generates missing keys into the instance folder and serves demo data.
+    PORTAL_DEMO = False
+    # Key sets, one per purpose: {"active": "<key id>", "keys": {"<key id>": "<base64 key>"}}.
+    PORTAL_LINK_KEYS: dict | None = None
+    PORTAL_FIELD_KEYS: dict | None = None
+    PORTAL_LEDGER_KEYS: dict | None = None
+    PORTAL_SUPPRESSION_KEYS: dict | None = None
+    PORTAL_UNSUBSCRIBE_KEYS: dict | None = None
+    # Maximum age of signed links, in seconds, per purpose.
+    PORTAL_LINK_MAX_AGE = {
+        "manage": 30 * 24 * 3600,
+        "confirm": 48 * 3600,
+        "undo": 48 * 3600,
+        "export": 48 * 3600,
+    }

@@ -1,0 +1,68 @@
+"""Reading and checking the configuration before anything else starts."""
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from portal.keys import ConfigError
+from portal.keys import load_demo_secrets
+
+DEMO_BASE_URL = "http://127.0.0.1:5000"
+
+
+def load(app, test_config: dict | None) -> None:
+    """Fill app.config from defaults, the environment and test values, then check it."""
+    app.config.from_object("config.Config")
+    app.config.from_prefixed_env()
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    if not isinstance(app.config["PORTAL_DEMO"], bool):
+        raise ConfigError("FLASK_PORTAL_DEMO must be true or false")
+    if app.config["PORTAL_DEMO"]:
+        _fill_demo_defaults(app)
+    if app.config["SQLALCHEMY_DATABASE_URI"] is None:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{app.instance_path}/portal.sqlite3"
+    _check(app.config)
+
+
+def _fill_demo_defaults(app) -> None:
+    """Give the demo what a deployment must configure: keys, a base URL, plain-HTTP cookies."""
+    for name, value in load_demo_secrets(app.instance_path).items():
+        if not app.config.get(name):
+            app.config[name] = value
+    if not app.config.get("PORTAL_BASE_URL"):
+        app.config["PORTAL_BASE_URL"] = DEMO_BASE_URL
+    # The demo is served over plain HTTP on loopback, where a Secure cookie would be dropped.
+    app.config["SESSION_COOKIE_SECURE"] = False
+
+
+def _check(config) -> None:
+    """Raise ConfigError naming the first missing or malformed variable."""
+    secret = config.get("SECRET_KEY")
+    if not isinstance(secret, str) or len(secret) < 16:
+        raise ConfigError("FLASK_SECRET_KEY is missing or shorter than 16 characters")
+    base_url = config.get("PORTAL_BASE_URL")
+    parts = urlsplit(base_url) if isinstance(base_url, str) else None
+    if not parts or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            "FLASK_PORTAL_BASE_URL is missing or not an http(s) URL "
+            "(the public address emailed links are built from, e.g. https://prefs.example.com)"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("FLASK_PORTAL_BASE_URL must not have a query or a fragment")
+    for name in ("MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_SUPPRESS_SEND", "SESSION_COOKIE_SECURE"):
+        if not isinstance(config.get(name), bool):
+            raise ConfigError(f"FLASK_{name} must be true or false")
+    port = config.get("MAIL_PORT")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError("FLASK_MAIL_PORT must be a port number between 1 and 65535")
+    if not isinstance(config.get("SQLALCHEMY_DATABASE_URI"), str):
+        raise ConfigError("FLASK_SQLALCHEMY_DATABASE_URI must be a database URL")
+    languages = config.get("PORTAL_LANGUAGES")
+    if not isinstance(languages, list) or "en" not in languages:
+        raise ConfigError('FLASK_PORTAL_LANGUAGES must be a list that includes "en"')
+    ages = config.get("PORTAL_LINK_MAX_AGE")
+    if not isinstance(ages, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ages.values()
+    ):
+        raise ConfigError("FLASK_PORTAL_LINK_MAX_AGE must map each link purpose to seconds > 0")

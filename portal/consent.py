@@ -1,0 +1,213 @@
+"""Consents: their definitions, their immutable text versions, and each contact's state."""
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from portal import ledger
+from portal.contacts import Contact
+from portal.contacts import FieldDefinition
+from portal.crypto import sha256_hex
+from portal.db import db
+from portal.db import utcnow
+
+KINDS = ("storage", "tracking", "custom")
+STATES = ("granted", "revoked")
+
+
+class ConsentError(ValueError):
+    """A consent cannot be defined or decided as asked; the message says why."""
+
+
+class ConsentDefinition(db.Model):
+    __tablename__ = "consent_definitions"
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("kind").in_(KINDS), name="kind"),
+        sa.CheckConstraint(
+            sa.or_(sa.column("kind") != "storage", sa.column("field_id").is_not(None)),
+            name="storage_names_field",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(60), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(10))
+    # For a storage consent: the sensitive field it covers (P2.3).
+    field_id: Mapped[int | None] = mapped_column(sa.ForeignKey("field_definitions.id"))
+    # Who is asked (P3): a rule in the platform's rule format, or null for everyone.
+    display_condition: Mapped[dict | None] = mapped_column(sa.JSON)
+    # Only pre-positions the control; the consent stays "not asked" until submitted (P3).
+    default_selected: Mapped[bool] = mapped_column(default=False)
+    legal_basis: Mapped[str] = mapped_column(sa.String(30), default="consent")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None]
+
+    field: Mapped[FieldDefinition | None] = relationship()
+    versions: Mapped[list["ConsentVersion"]] = relationship(
+        back_populates="consent", order_by="ConsentVersion.number"
+    )
+
+    @property
+    def current_version(self) -> "ConsentVersion":
+        return self.versions[-1]
+
+
+class ConsentVersion(db.Model):
+    """One wording of a consent. Never edited: a change of wording is a new version (S3)."""
+
+    __tablename__ = "consent_versions"
+    __table_args__ = (sa.UniqueConstraint("consent_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consent_id: Mapped[int] = mapped_column(sa.ForeignKey("consent_definitions.id"))
+    number: Mapped[int]
+    title: Mapped[str] = mapped_column(sa.String(200))
+    text: Mapped[str] = mapped_column(sa.Text)
+    text_sha256: Mapped[str] = mapped_column(sa.String(64))
+    # A material change re-asks contacts whose accepted version is older (B3).
+    material: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    consent: Mapped[ConsentDefinition] = relationship(back_populates="versions")
+
+
+class ConsentState(db.Model):
+    """A contact's current decision on a consent: the projection of its latest ledger event.
+
+    No row means "not asked". Written only together with its ledger event.
+    """
+
+    __tablename__ = "consent_states"
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("contact_id", "consent_id"),
+        sa.CheckConstraint(sa.column("state").in_(STATES), name="state"),
+    )
+
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
+    consent_id: Mapped[int] = mapped_column(sa.ForeignKey("consent_definitions.id"))
+    state: Mapped[str] = mapped_column(sa.String(10))
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("consent_versions.id"))
+    event_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_events.id"))
+    method: Mapped[str] = mapped_column(sa.String(30))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    consent: Mapped[ConsentDefinition] = relationship()
+    version: Mapped[ConsentVersion] = relationship()
+
+
+def define(
+    slug: str,
+    kind: str,
+    title: str,
+    text: str,
+    *,
+    field: FieldDefinition | None = None,
+    display_condition: dict | None = None,
+    default_selected: bool = False,
+    legal_basis: str = "consent",
+) -> ConsentDefinition:
+    """Create a consent with its first text version."""
+    if kind not in KINDS:
+        raise ConsentError(f"kind must be one of {', '.join(KINDS)}")
+    if kind == "storage" and (field is None or not field.sensitive):
+        raise ConsentError("a storage consent names a sensitive field")
+    if db.session.scalar(sa.select(ConsentDefinition.id).where(ConsentDefinition.slug == slug)):
+        raise ConsentError(f"a consent named {slug!r} already exists")
+    definition = ConsentDefinition(
+        slug=slug,
+        kind=kind,
+        field=field,
+        display_condition=display_condition,
+        default_selected=default_selected,
+        legal_basis=legal_basis,
+    )
+    db.session.add(definition)
+    add_version(definition, title, text)
+    return definition
+
+
+def add_version(
+    definition: ConsentDefinition, title: str, text: str, *, material: bool = False
+) -> ConsentVersion:
+    """Add a new wording to a consent; the earlier ones stay as they were."""
+    if not title.strip() or not text.strip():
+        raise ConsentError("a consent needs a title and a text")
+    number = len(definition.versions) + 1
+    version = ConsentVersion(
+        number=number,
+        title=title,
+        text=text,
+        text_sha256=sha256_hex(text),
+        material=material and number > 1,
+    )
+    definition.versions.append(version)
+    db.session.flush()
+    return version
+
+
+def state_of(contact: Contact, definition: ConsentDefinition) -> ConsentState | None:
+    """Return a contact's decision on a consent, or None if never asked."""
+    return db.session.get(ConsentState, (contact.id, definition.id))
+
+
+def decide(
+    contact: Contact,
+    version: ConsentVersion,
+    granted: bool,
+    *,
+    method: str,
+    actor: str,
+    evidence_ref: str | None = None,
+    evidence: ledger.Evidence | None = None,
+    language: str | None = None,
+    jurisdiction: str | None = None,
+    rule_version: int | None = None,
+) -> ConsentState:
+    """Record a grant or a revocation of the version the contact saw, and update the state."""
+    definition = version.consent
+    if definition.retired_at is not None and granted:
+        raise ConsentError(f"the consent {definition.slug!r} is retired")
+    state = "granted" if granted else "revoked"
+    current = state_of(contact, definition)
+    event = ledger.append(
+        contact_ref=contact.public_id,
+        subject_type="consent",
+        subject_ref=definition.slug,
+        action=state,
+        value_from=current.state if current else None,
+        value_to=state,
+        text_version=version.number,
+        text_sha256=version.text_sha256,
+        method=method,
+        actor=actor,
+        evidence_ref=evidence_ref,
+        evidence=evidence,
+        language=language,
+        jurisdiction=jurisdiction,
+        legal_basis=definition.legal_basis,
+        purpose=definition.slug,
+        rule_version=rule_version,
+    )
+    if current is None:
+        current = ConsentState(contact_id=contact.id, consent_id=definition.id)
+        db.session.add(current)
+    current.state = state
+    current.version_id = version.id
+    current.event_id = event.id
+    current.method = method
+    current.changed_at = event.occurred_at
+    db.session.flush()
+    return current
+
+
+def states_of(contact: Contact) -> list[ConsentState]:
+    """Return a contact's decisions on every consent, in the order consents were defined."""
+    statement = (
+        sa.select(ConsentState)
+        .where(ConsentState.contact_id == contact.id)
+        .order_by(ConsentState.consent_id)
+    )
+    return list(db.session.scalars(statement))

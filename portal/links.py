@@ -1,0 +1,77 @@
+"""Signed links for contacts: one salt per purpose, opaque ids only, always a maximum age (R2).
+
+A token is ``<key id>.<itsdangerous token>``: it names the key it was signed with, so keys
+rotate by id and never by their order in a list. The payload holds the contact's public id and
+its link version; raising the version revokes every outstanding link at once.
+"""
+
+import time
+from urllib.parse import urljoin
+
+from flask import current_app
+from itsdangerous import BadData
+from itsdangerous import URLSafeTimedSerializer
+
+from portal.contacts import Contact
+from portal.db import db
+from portal.keys import UnknownKey
+from portal.keys import keyset
+
+PURPOSES = ("manage", "confirm", "undo", "export")
+# A web node whose clock is slightly behind the signer's must not reject a fresh link.
+CLOCK_SKEW_SECONDS = 120
+
+
+class TokenInvalid(ValueError):
+    """The link is malformed, tampered with, for another purpose, or revoked."""
+
+
+class TokenExpired(TokenInvalid):
+    """The link was genuine but is older than its purpose allows."""
+
+
+def _serializer(purpose: str, key: bytes) -> URLSafeTimedSerializer:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown link purpose {purpose!r}")
+    return URLSafeTimedSerializer(key, salt=f"portal.link.{purpose}")
+
+
+def make_token(purpose: str, contact: Contact, **extra: str | int) -> str:
+    """Return a signed token for one purpose, naming the contact by its public id."""
+    keys = keyset("link")
+    payload = {"c": contact.public_id, "v": contact.link_version, **extra}
+    return f"{keys.active_id}.{_serializer(purpose, keys.active_key).dumps(payload)}"
+
+
+def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
+    """Return the contact a token names and its payload, or raise TokenInvalid/TokenExpired."""
+    key_id, _, signed = (token or "").partition(".")
+    try:
+        key = keyset("link").key(key_id)
+        payload, signed_at = _serializer(purpose, key).loads(signed, return_timestamp=True)
+    except (UnknownKey, BadData):
+        raise TokenInvalid("the link is not valid") from None
+    # The age is checked here rather than by itsdangerous so that a small clock skew between
+    # nodes is tolerated instead of rejecting a token signed "in the future".
+    age = time.time() - signed_at.timestamp()
+    if age > current_app.config["PORTAL_LINK_MAX_AGE"][purpose]:
+        raise TokenExpired("the link has expired")
+    if age < -CLOCK_SKEW_SECONDS:
+        raise TokenInvalid("the link was signed in the future")
+    if not isinstance(payload, dict) or not isinstance(payload.get("c"), str):
+        raise TokenInvalid("the link is not valid")
+    contact = db.session.scalar(db.select(Contact).where(Contact.public_id == payload["c"]))
+    if contact is None or contact.erased_at is not None or payload.get("v") != contact.link_version:
+        raise TokenInvalid("the link was revoked")
+    return contact, payload
+
+
+def public_url(path: str) -> str:
+    """Return an absolute URL built from the configured public base URL, never the Host header."""
+    base = current_app.config["PORTAL_BASE_URL"].rstrip("/") + "/"
+    return urljoin(base, path.lstrip("/"))
+
+
+def manage_url(contact: Contact) -> str:
+    """Return the contact's preference-page URL, to be put in an email."""
+    return public_url(f"/p/{make_token('manage', contact)}")

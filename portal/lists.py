@@ -1,0 +1,109 @@
+"""Mailing lists and each contact's subscriptions to them."""
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from portal import ledger
+from portal.contacts import Contact
+from portal.db import db
+from portal.db import utcnow
+
+STATUSES = ("subscribed", "unsubscribed")
+
+
+class ListError(ValueError):
+    """A list cannot be created or joined as asked; the message says why."""
+
+
+class MailingList(db.Model):
+    __tablename__ = "mailing_lists"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(60), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(120))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    # A public list is offered on the preference page; others are managed by staff only.
+    public: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(db.Model):
+    """A contact's membership of a list: the projection of its latest ledger event."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("contact_id", "list_id"),
+        sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),
+    )
+
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
+    list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    status: Mapped[str] = mapped_column(sa.String(12))
+    event_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_events.id"))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+def create_list(slug: str, name: str, description: str = "", *, public: bool = True) -> MailingList:
+    """Create a mailing list."""
+    if db.session.scalar(sa.select(MailingList.id).where(MailingList.slug == slug)):
+        raise ListError(f"a list named {slug!r} already exists")
+    mailing_list = MailingList(slug=slug, name=name, description=description, public=public)
+    db.session.add(mailing_list)
+    db.session.flush()
+    return mailing_list
+
+
+def subscriptions_of(contact: Contact) -> list[Subscription]:
+    """Return a contact's subscriptions, current and ended, by list name."""
+    statement = (
+        sa.select(Subscription)
+        .join(MailingList)
+        .where(Subscription.contact_id == contact.id)
+        .order_by(MailingList.name)
+    )
+    return list(db.session.scalars(statement))
+
+
+def set_subscription(
+    contact: Contact,
+    mailing_list: MailingList,
+    subscribed: bool,
+    *,
+    method: str,
+    actor: str,
+    evidence_ref: str | None = None,
+    evidence: ledger.Evidence | None = None,
+) -> Subscription | None:
+    """Join or leave a list, recording the change; return the subscription (None if no-op)."""
+    status = "subscribed" if subscribed else "unsubscribed"
+    current = db.session.get(Subscription, (contact.id, mailing_list.id))
+    if current is not None and current.status == status:
+        return current
+    if current is None and not subscribed:
+        return None
+    event = ledger.append(
+        contact_ref=contact.public_id,
+        subject_type="subscription",
+        subject_ref=mailing_list.slug,
+        action=status,
+        value_from=current.status if current else None,
+        value_to=status,
+        method=method,
+        actor=actor,
+        evidence_ref=evidence_ref,
+        evidence=evidence,
+    )
+    if current is None:
+        current = Subscription(contact_id=contact.id, list_id=mailing_list.id)
+        db.session.add(current)
+    current.status = status
+    current.event_id = event.id
+    current.changed_at = event.occurred_at
+    db.session.flush()
+    return current

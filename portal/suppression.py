@@ -1,0 +1,55 @@
+"""The suppression list: keyed digests of addresses that must never be emailed or re-added (B5)."""
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from portal.contacts import normalise_email
+from portal.crypto import keyed_digest
+from portal.db import db
+from portal.db import utcnow
+from portal.keys import keyset
+
+
+class Suppression(db.Model):
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # HMAC of the normalised address under key_id: a bare hash of an address is guessable.
+    digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(sa.String(40))
+    reason: Mapped[str] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def _digests(address: str) -> list[str]:
+    """Return the address's digest under every configured key, so rotation loses nothing."""
+    normalised = normalise_email(address).encode()
+    keys = keyset("suppression")
+    return [keyed_digest("suppression", key_id, normalised) for key_id in keys.keys]
+
+
+def is_suppressed(address: str) -> bool:
+    """Say whether an address is on the suppression list."""
+    statement = sa.select(Suppression.id).where(Suppression.digest.in_(_digests(address)))
+    return db.session.scalar(statement.limit(1)) is not None
+
+
+def suppress(address: str, reason: str) -> Suppression:
+    """Add an address to the suppression list (once) and return its entry."""
+    existing = db.session.scalar(
+        sa.select(Suppression).where(Suppression.digest.in_(_digests(address)))
+    )
+    if existing is not None:
+        return existing
+    keys = keyset("suppression")
+    entry = Suppression(
+        digest=keyed_digest("suppression", keys.active_id, normalise_email(address).encode()),
+        key_id=keys.active_id,
+        reason=reason,
+    )
+    db.session.add(entry)
+    db.session.flush()
+    return entry
