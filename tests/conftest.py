@@ -1,0 +1,115 @@
+"""Fixtures built from the factory: app, client, runner, on SQLite and on PostgreSQL.
+
+Every database test runs on SQLite, and again on PostgreSQL when PORTAL_TEST_DATABASE_URL names
+a test database (its public schema is dropped and rebuilt by the migrations at the start of the
+run). Each test runs inside a transaction that is rolled back, so the append-only ledger never
+needs a DELETE.
+"""
+
+import os
+
+import flask_migrate
+import pytest
+import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
+
+from portal import create_app
+from portal.db import db
+from portal.keys import PURPOSES
+from portal.keys import new_keyset
+
+POSTGRES_URL_VARIABLE = "PORTAL_TEST_DATABASE_URL"
+
+hypothesis_settings.register_profile("portal", derandomize=True, deadline=None)
+hypothesis_settings.load_profile("portal")
+
+#: Keys for the whole test run, one set per purpose.
+TEST_KEYS = {name: new_keyset("k1") for name in PURPOSES.values()}
+
+
+def make_config(database_uri: str, **overrides) -> dict:
+    """Return a complete test configuration for a database."""
+    config = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "SQLALCHEMY_DATABASE_URI": database_uri,
+        "PORTAL_BASE_URL": "https://prefs.example.test",
+        "MAIL_SUPPRESS_SEND": False,
+        **TEST_KEYS,
+    }
+    config.update(overrides)
+    return config
+
+
+def _database_urls(tmp_path_factory) -> dict:
+    return {
+        "sqlite": f"sqlite:///{tmp_path_factory.mktemp('db')}/test.sqlite3",
+        "postgresql": os.environ.get(POSTGRES_URL_VARIABLE),
+    }
+
+
+def _reset_postgresql(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory) -> str:
+    """The URL of a migrated test database; PostgreSQL only when configured."""
+    url = _database_urls(tmp_path_factory)[request.param]
+    if url is None:
+        pytest.skip(f"set {POSTGRES_URL_VARIABLE} to run the tests on PostgreSQL too")
+    if request.param == "postgresql":
+        _reset_postgresql(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def base_app(database_url):
+    """One application per database for the whole run, its schema built by the migrations."""
+    application = create_app(make_config(database_url))
+    with application.app_context():
+        flask_migrate.upgrade()
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def app(base_app):
+    """The application, inside a transaction that is rolled back after the test."""
+    with base_app.app_context():
+        connection = db.engine.connect()
+        transaction = connection.begin()
+        original_session = db.session
+        # Commits in the code under test release a savepoint; the outer transaction stays.
+        db.session = scoped_session(
+            sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+        )
+        try:
+            yield base_app
+        finally:
+            db.session.remove()
+            db.session = original_session
+            transaction.rollback()
+            connection.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def dialect(app) -> str:
+    return db.engine.dialect.name
