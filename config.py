@@ -42,6 +42,8 @@ class Config:
     PORTAL_BASE_URL: str | None = None
     # The demo generates missing keys into the instance folder and serves demo data.
     PORTAL_DEMO = False
+    # The port of the demo's capturing SMTP server (the demo mailbox).
+    PORTAL_DEMO_SMTP_PORT = 2525
     # Key sets, one per purpose: {"active": "<key id>", "keys": {"<key id>": "<base64 key>"}}.
     PORTAL_LINK_KEYS: dict | None = None
     PORTAL_FIELD_KEYS: dict | None = None
@@ -55,3 +57,18 @@ class Config:
         "undo": 48 * 3600,
         "export": 48 * 3600,
     }
+
+    # The outbox (R5): SMTP timeout in seconds, messages per connection, retry limits.
+    PORTAL_SMTP_TIMEOUT = 30
+    PORTAL_OUTBOX_BATCH = 50
+    PORTAL_OUTBOX_MAX_ATTEMPTS = 12
+    PORTAL_OUTBOX_LEASE_SECONDS = 300
+    PORTAL_MAX_BODY_BYTES = 512 * 1024
+
+    # Web hardening. TRUSTED_HOSTS defaults to the base URL's host outside tests.
+    TRUSTED_HOSTS: list[str] | None = None
+    # How many proxies in front of the portal set X-Forwarded-For/-Proto (0: none).
+    PORTAL_PROXY_HOPS = 0
+    # Rate-limit counters: in memory for one process; redis://... when there are several.
+    RATELIMIT_STORAGE_URI = "memory://"
+    RATELIMIT_HEADERS_ENABLED = True

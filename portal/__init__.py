@@ -10,10 +10,11 @@ __all__ = ["ConfigError", "create_app"]
 csrf = CSRFProtect()
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     """Build the application: configuration, extensions, blueprints, commands."""
     app = Flask(
         __name__,
+        instance_path=instance_path,
         instance_relative_config=True,
         template_folder="../templates",
         static_folder="../static",
@@ -21,18 +22,26 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from portal import configuration
     from portal import db
+    from portal import hardening
     from portal import i18n
     from portal import keys
+    from portal import mail
+    from portal import staff
 
     configuration.load(app, test_config)
     keys.init_app(app)
     db.init_app(app)
     i18n.init_app(app)
     csrf.init_app(app)
+    mail.init_app(app)
+    staff.init_app(app)
+    hardening.init_app(app)
 
+    from portal import backoffice
     from portal import preferences
 
     app.register_blueprint(preferences.bp)
+    app.register_blueprint(backoffice.bp)
 
     from portal import cli
 

@@ -4,6 +4,7 @@ Each command owns its transaction, and turns a domain error into one line and a 
 """
 
 import json
+import sys
 
 import click
 from flask import current_app
@@ -11,9 +12,12 @@ from flask.cli import AppGroup
 
 from portal import contacts
 from portal import demo
+from portal import gate
 from portal import keys
 from portal import ledger
 from portal import links
+from portal import staff
+from portal import workers
 from portal.db import db
 
 contacts_cli = AppGroup("contacts", help="Add contacts and print their links.")
@@ -142,5 +146,42 @@ def demo_command():
 
 def init_app(app) -> None:
     """Register the commands."""
-    for command in (contacts_cli, ledger_cli, keys_cli, demo_command):
+    for command in (contacts_cli, ledger_cli, keys_cli, staff_cli, mail_cli, demo_command):
         app.cli.add_command(command)
+    workers.init_app(app)
+
+
+staff_cli = AppGroup("staff", help="Manage back-office accounts.")
+mail_cli = AppGroup("mail", help="Record inbound mail so that replies are recognised.")
+
+
+@staff_cli.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice(staff.ROLES), required=True)
+def staff_create_command(email, role):
+    """Create a staff account; the password is read from a prompt or from standard input."""
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        user = staff.create_staff(email, password, role)
+    except staff.StaffError as error:
+        raise click.ClickException(str(error)) from None
+    db.session.commit()
+    click.echo(f"created {user.role} account {user.email}")
+
+
+@mail_cli.command("inbound")
+@click.argument("sender")
+@click.argument("message_id")
+def inbound_command(sender, message_id):
+    """Record a message received from SENDER, so that an answer to it counts as a reply."""
+    try:
+        inbound = gate.record_inbound(sender, message_id)
+    except (ValueError, contacts.InvalidEmail) as error:
+        raise click.ClickException(str(error)) from None
+    if inbound is None:
+        raise click.ClickException("no contact has that address; nothing recorded")
+    db.session.commit()
+    click.echo(f"recorded inbound message {inbound.message_id}")

@@ -34,6 +34,9 @@ def _fill_demo_defaults(app) -> None:
         app.config["PORTAL_BASE_URL"] = DEMO_BASE_URL
     # The demo is served over plain HTTP on loopback, where a Secure cookie would be dropped.
     app.config["SESSION_COOKIE_SECURE"] = False
+    # Outgoing mail goes to the demo mailbox, a capturing SMTP server started with the demo.
+    app.config["MAIL_SERVER"] = "127.0.0.1"
+    app.config["MAIL_PORT"] = app.config["PORTAL_DEMO_SMTP_PORT"]
 
 
 def _check(config) -> None:
@@ -58,6 +61,14 @@ def _check(config) -> None:
         raise ConfigError("FLASK_MAIL_PORT must be a port number between 1 and 65535")
     if not isinstance(config.get("SQLALCHEMY_DATABASE_URI"), str):
         raise ConfigError("FLASK_SQLALCHEMY_DATABASE_URI must be a database URL")
+    hops = config.get("PORTAL_PROXY_HOPS")
+    if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 5:
+        raise ConfigError("FLASK_PORTAL_PROXY_HOPS must be the number of proxies in front, 0 to 5")
+    trusted = config.get("TRUSTED_HOSTS")
+    if trusted is not None and not (
+        isinstance(trusted, list) and all(isinstance(h, str) and h for h in trusted)
+    ):
+        raise ConfigError('FLASK_TRUSTED_HOSTS must be a list of host names, e.g. ["a.example"]')
     languages = config.get("PORTAL_LANGUAGES")
     if not isinstance(languages, list) or "en" not in languages:
         raise ConfigError('FLASK_PORTAL_LANGUAGES must be a list that includes "en"')

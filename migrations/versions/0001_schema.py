@@ -27,6 +27,15 @@ def upgrade():
     sa.Column('reason', sa.String(length=200), nullable=False),
     sa.PrimaryKeyConstraint('public_id', name=op.f('pk_contact_tombstones'))
     )
+    op.create_table('suppressions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('digest', sa.String(length=64), nullable=False),
+    sa.Column('key_id', sa.String(length=40), nullable=False),
+    sa.Column('reason', sa.String(length=40), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_suppressions')),
+    sa.UniqueConstraint('digest', name=op.f('uq_suppressions_digest'))
+    )
     op.create_table('contacts',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('public_id', sa.String(length=32), nullable=False),
@@ -295,5 +304,6 @@ def downgrade():
     op.drop_table('ledger_checkpoints')
     op.drop_table('field_definitions')
     op.drop_table('contacts')
+    op.drop_table('suppressions')
     op.drop_table('contact_tombstones')
     # ### end Alembic commands ###

@@ -1,0 +1,46 @@
+"""Background jobs in the back office: start one, watch its progress."""
+
+from flask import abort
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from portal import htmx
+from portal import jobs
+from portal.backoffice import bp
+from portal.backoffice import role_required
+from portal.db import db
+from portal.reencryption import REENCRYPT
+
+#: Jobs staff may start from the jobs page, by role.
+STARTABLE = {REENCRYPT.name: ("admin",)}
+
+
+@bp.get("/jobs")
+def jobs_list():
+    """List recent jobs."""
+    startable = [jobs.KINDS[name] for name, roles in STARTABLE.items()
+                 if current_user.role in roles]
+    return render_template("backoffice/jobs.html", jobs=jobs.recent(), startable=startable)
+
+
+@bp.post("/jobs/<kind>")
+@role_required("admin")
+def jobs_start(kind: str):
+    """Start a job; the worker picks it up."""
+    if kind not in STARTABLE:
+        abort(404)
+    job = jobs.start(kind, created_by=f"staff:{current_user.id}")
+    db.session.commit()
+    flash(_("The job is queued. This page shows its progress."))
+    return redirect(url_for("backoffice.jobs_show", job_id=job.id), code=303)
+
+
+@bp.get("/jobs/<int:job_id>")
+def jobs_show(job_id: int):
+    """Show a job's progress; htmx polls the progress fragment while it runs."""
+    job = db.get_or_404(jobs.Job, job_id)
+    return htmx.render("backoffice/job.html", "backoffice/_job_progress.html", job=job)

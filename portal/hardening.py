@@ -1,0 +1,85 @@
+"""Web hardening for every page: security headers, trusted hosts, proxies, rate limits, and
+friendly error pages in the page's language."""
+
+from urllib.parse import urlsplit
+
+from flask import render_template
+from flask import request
+from flask_babel import lazy_gettext as _l
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import InternalServerError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+limiter = Limiter(key_func=get_remote_address)
+
+# No inline script or style anywhere: htmx is told not to inject its indicator styles.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+ERRORS = {
+    400: (_l("This request could not be understood"),
+          _l("Something in the request was malformed. Go back and try again.")),
+    403: (_l("You may not open this page"),
+          _l("Your account does not have the role this page needs.")),
+    404: (_l("Page not found"),
+          _l("The address may be mistyped, or the page no longer exists.")),
+    405: (_l("This action is not available here"),
+          _l("Use the buttons on the page instead of typing its address.")),
+    413: (_l("That was too much data"),
+          _l("What you sent is larger than this portal accepts. Send less at once.")),
+    429: (_l("Too many attempts"),
+          _l("Please wait a few minutes before you try again.")),
+    500: (_l("Something went wrong on our side"),
+          _l("Nothing you did caused this. Please try again in a few minutes.")),
+}
+CSRF_ERROR = (
+    _l("Please review and resubmit"),
+    _l("This form had expired or was opened in another session. Your choices were not "
+       "saved: go back, reload the page, check your choices and send the form again."),
+)
+
+
+def add_security_headers(response):
+    # setdefault: a view with special needs (the mailbox's sandboxed mail view) sets its own.
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    # Not no-referrer: Flask-WTF's referrer check on HTTPS needs the Referer (SECURITY.md 8).
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def render_error(error):
+    """Render a friendly error page with the error's own status."""
+    if isinstance(error, CSRFError):
+        title, explanation, code = *CSRF_ERROR, 400
+    else:
+        if not isinstance(error, HTTPException):
+            error = InternalServerError()
+        code = error.code or 500
+        title, explanation = ERRORS.get(code, ERRORS[500 if code >= 500 else 400])
+    return render_template("errors/error.html", title=title, explanation=explanation,
+                           code=code), code
+
+
+def init_app(app) -> None:
+    """Install the headers, host checks, proxy handling, limiter and error pages."""
+    if app.config.get("TRUSTED_HOSTS") is None and not app.testing:
+        host = urlsplit(app.config["PORTAL_BASE_URL"]).hostname
+        app.config["TRUSTED_HOSTS"] = [host, "localhost"] if app.config["PORTAL_DEMO"] else [host]
+    hops = app.config["PORTAL_PROXY_HOPS"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    limiter.init_app(app)
+    app.after_request(add_security_headers)
+    for code in ERRORS:
+        app.register_error_handler(code, render_error)
+    app.register_error_handler(CSRFError, render_error)

@@ -1,0 +1,96 @@
+"""Email: the Flask-Mail extension, header checks, and turning an outbox row into a message.
+
+Flask-Mail checks the subject, sender and recipients for CR/LF but not the extra headers, so
+every header value is checked here before a message is queued (SECURITY.md 7).
+"""
+
+import smtplib
+import uuid
+from urllib.parse import urlsplit
+
+from flask import current_app
+from flask_mail import Connection
+from flask_mail import Mail
+from flask_mail import Message
+
+from portal.contacts import InvalidEmail
+from portal.contacts import normalise_email
+
+mail = Mail()
+
+MAX_HEADER_LENGTH = 998  # RFC 5322 line limit
+HEADER_NAME_CHARACTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class MessageRejected(ValueError):
+    """A message cannot be queued as it is; the message says why."""
+
+
+def check_header(name: str, value: str) -> str:
+    """Return a header value if it is safe to send, or raise MessageRejected."""
+    if not name or not set(name) <= HEADER_NAME_CHARACTERS:
+        raise MessageRejected(f"header name {name!r} is not allowed")
+    if not isinstance(value, str):
+        raise MessageRejected(f"header {name} must be text")
+    if any(character in value for character in "\r\n\x00"):
+        raise MessageRejected(f"header {name} contains a line break")
+    if len(value) > MAX_HEADER_LENGTH:
+        raise MessageRejected(f"header {name} is longer than {MAX_HEADER_LENGTH} characters")
+    return value
+
+
+def check_address(value: str, what: str = "address") -> str:
+    """Return a normalised address, or raise MessageRejected."""
+    try:
+        return normalise_email(check_header("To", value))
+    except (InvalidEmail, MessageRejected):
+        raise MessageRejected(f"the {what} {value!r} is not a valid email address") from None
+
+
+def new_message_id() -> str:
+    """Return a Message-ID in the portal's own domain, made once per outbox row."""
+    domain = urlsplit(current_app.config["PORTAL_BASE_URL"]).hostname or "localhost"
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def build_message(row) -> Message:
+    """Turn an outbox row into a Flask-Mail message that keeps the row's Message-ID."""
+    message = Message(
+        subject=row.subject,
+        sender=row.sender,
+        recipients=[row.recipient],
+        body=row.text_body,
+        html=row.html_body,
+        extra_headers=dict(row.headers or {}),
+    )
+    # A retry must carry the same Message-ID, so that a receiver can drop a duplicate.
+    message.msgId = row.message_id
+    if row.in_reply_to:
+        message.extra_headers["In-Reply-To"] = row.in_reply_to
+        message.extra_headers["References"] = row.in_reply_to
+    return message
+
+
+class TimedConnection(Connection):
+    """An SMTP connection with a timeout, so that a stalled server cannot hang a worker."""
+
+    def configure_host(self) -> smtplib.SMTP:
+        state = self.mail
+        timeout = current_app.config["PORTAL_SMTP_TIMEOUT"]
+        smtp_class = smtplib.SMTP_SSL if state.use_ssl else smtplib.SMTP
+        host = smtp_class(state.server, state.port, timeout=timeout)
+        if state.use_tls:
+            host.starttls()
+        if state.username and state.password:
+            host.login(state.username, state.password)
+        return host
+
+
+def connect() -> TimedConnection:
+    """Open one SMTP connection for a batch of messages."""
+    return TimedConnection(current_app.extensions["mail"])
+
+
+def init_app(app) -> None:
+    """Bind Flask-Mail."""
+    mail.init_app(app)

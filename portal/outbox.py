@@ -1,0 +1,295 @@
+"""The outbox (R5): every outgoing message is a row, delivered by a worker over SMTP.
+
+A message is written in the same transaction as the change that caused it. The worker claims
+a batch with a lease (rows locked with SKIP LOCKED on PostgreSQL, so several workers on several
+hosts never claim the same row), asks the gate again, hands each message to SMTP over one
+connection, and commits its outcome at once. Killed before the hand-off, a claimed message goes
+out when its lease ends; killed after the commit, it is never sent again. Only a crash between
+the SMTP server's acceptance and our commit can send a second copy, with the same Message-ID.
+"""
+
+import logging
+import smtplib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from portal import gate
+from portal.contacts import Contact
+from portal.db import db
+from portal.db import utcnow
+from portal.mail import MessageRejected
+from portal.mail import build_message
+from portal.mail import check_address
+from portal.mail import check_header
+from portal.mail import connect
+from portal.mail import new_message_id
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "sending", "sent", "failed", "refused")
+
+
+class OutboxMessage(db.Model):
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),
+        sa.CheckConstraint(sa.column("category").in_([c.value for c in gate.Category]),
+                           name="category"),
+        sa.Index("ix_outbox_messages_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(sa.String(250), unique=True)
+    category: Mapped[str] = mapped_column(sa.String(20))
+    contact_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    list_id: Mapped[int | None] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    consent_slug: Mapped[str | None] = mapped_column(sa.String(60))
+    in_reply_to: Mapped[str | None] = mapped_column(sa.String(250))
+    sender: Mapped[str] = mapped_column(sa.String(254))
+    recipient: Mapped[str] = mapped_column(sa.String(254))
+    subject: Mapped[str] = mapped_column(sa.String(998))
+    text_body: Mapped[str] = mapped_column(sa.Text)
+    html_body: Mapped[str | None] = mapped_column(sa.Text)
+    headers: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    status: Mapped[str] = mapped_column(sa.String(10), default="queued")
+    # Why the gate refused it, or why delivery failed; shown to staff.
+    reason: Mapped[str | None] = mapped_column(sa.String(500))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+def enqueue(
+    *,
+    category: str,
+    recipient: str,
+    subject: str,
+    text_body: str,
+    html_body: str | None = None,
+    contact: Contact | None = None,
+    list_id: int | None = None,
+    consent_slug: str | None = None,
+    in_reply_to: str | None = None,
+    headers: dict[str, str] | None = None,
+    sender: str | None = None,
+) -> OutboxMessage:
+    """Queue a message in the current transaction, or raise MessageRejected if malformed.
+
+    The gate is asked now; a refused message is kept with its reason, for staff to see.
+    """
+    recipient = check_address(recipient, "recipient")
+    sender = check_address(sender or current_app.config["MAIL_DEFAULT_SENDER"], "sender")
+    check_header("Subject", subject)
+    if not subject.strip():
+        raise MessageRejected("the subject is empty")
+    headers = {name: check_header(name, value) for name, value in (headers or {}).items()}
+    if in_reply_to is not None:
+        check_header("In-Reply-To", in_reply_to)
+    size = len(text_body.encode()) + len((html_body or "").encode())
+    limit = current_app.config["PORTAL_MAX_BODY_BYTES"]
+    if size > limit:
+        raise MessageRejected(f"the body is larger than {limit} bytes")
+    try:
+        category = gate.Category(category).value
+    except ValueError:
+        raise MessageRejected(f"unknown message category {category!r}") from None
+    row = OutboxMessage(
+        message_id=new_message_id(), category=category, recipient=recipient, sender=sender,
+        subject=subject, text_body=text_body, html_body=html_body, headers=headers,
+        contact_id=contact.id if contact else None, list_id=list_id,
+        consent_slug=consent_slug, in_reply_to=in_reply_to, created_at=utcnow(),
+    )
+    decision = gate.decide(category, recipient=recipient, contact=contact, list_id=list_id,
+                           in_reply_to=in_reply_to, consent_slug=consent_slug,
+                           queued_at=row.created_at)
+    if not decision.allowed:
+        row.status, row.reason = "refused", f"refused when queued: {decision.explanation}"
+    db.session.add(row)
+    db.session.flush()
+    return row
+
+
+def _decide_at_handoff(row: OutboxMessage) -> gate.Decision:
+    contact = None
+    if row.contact_id is not None:
+        contact = db.session.execute(
+            sa.select(Contact).where(Contact.id == row.contact_id)
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+    return gate.decide(row.category, recipient=row.recipient, contact=contact,
+                       list_id=row.list_id, in_reply_to=row.in_reply_to,
+                       consent_slug=row.consent_slug, queued_at=row.created_at)
+
+
+def claim(limit: int) -> list[int]:
+    """Lease up to `limit` due messages to this worker and return their ids."""
+    now = utcnow()
+    lease = timedelta(seconds=current_app.config["PORTAL_OUTBOX_LEASE_SECONDS"])
+    due = sa.or_(
+        sa.and_(OutboxMessage.status == "queued", OutboxMessage.next_attempt_at <= now),
+        # A worker that died holding a lease: its messages were never handed over.
+        sa.and_(OutboxMessage.status == "sending", OutboxMessage.lease_until < now),
+    )
+    statement = (
+        sa.select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(db.session.scalars(statement))
+    if ids:
+        db.session.execute(
+            sa.update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+            .values(status="sending", lease_until=now + lease)
+        )
+    db.session.commit()
+    return ids
+
+
+def _is_permanent(error: Exception) -> bool:
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in error.recipients.values()]
+        return bool(codes) and all(500 <= code < 600 for code in codes)
+    code = getattr(error, "smtp_code", None)
+    return isinstance(code, int) and 500 <= code < 600
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return "; ".join(f"{code} {text.decode(errors='replace')}"
+                         for code, text in error.recipients.values())[:500]
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"{error.smtp_code} {error.smtp_error.decode(errors='replace')}"[:500]
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def _retry_or_fail(row: OutboxMessage, error: Exception) -> str:
+    row.attempts += 1
+    row.lease_until = None
+    row.reason = _describe(error)
+    if _is_permanent(error):
+        row.status = "failed"
+        return "failed"
+    if row.attempts >= current_app.config["PORTAL_OUTBOX_MAX_ATTEMPTS"]:
+        row.status = "failed"
+        row.reason = f"gave up after {row.attempts} attempts: {row.reason}"
+        return "failed"
+    row.status = "queued"
+    row.next_attempt_at = utcnow() + timedelta(seconds=min(30 * 2 ** (row.attempts - 1), 3600))
+    return "retry"
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    refused: int = 0
+    retry: int = 0
+    failed: int = 0
+
+    def add(self, outcome: str) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.refused + self.retry + self.failed
+
+
+def _release(ids: list[int]) -> None:
+    """Give unsent claimed messages back to the queue."""
+    if ids:
+        db.session.execute(
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
+            .values(status="queued", lease_until=None)
+        )
+        db.session.commit()
+
+
+def deliver(ids: list[int], tally: Tally) -> None:
+    """Hand claimed messages to SMTP over one connection, committing each outcome at once."""
+    remaining = list(ids)
+    try:
+        connection = connect().__enter__()
+    except (OSError, smtplib.SMTPException) as error:
+        # The server is down or refused us: nothing was handed over; try again later.
+        for message_id in remaining:
+            row = db.session.get(OutboxMessage, message_id)
+            tally.add(_retry_or_fail(row, error))
+        db.session.commit()
+        return
+    try:
+        while remaining:
+            row = db.session.get(OutboxMessage, remaining[0])
+            decision = _decide_at_handoff(row)
+            if not decision.allowed:
+                row.status, row.lease_until = "refused", None
+                row.reason = f"refused at hand-off: {decision.explanation}"
+                db.session.commit()
+                tally.add("refused")
+                remaining.pop(0)
+                continue
+            message = build_message(row)
+            # End the transaction before talking to SMTP: on SQLite it holds the write lock.
+            db.session.commit()
+            try:
+                connection.send(message)
+            except (OSError, smtplib.SMTPException) as error:
+                row = db.session.get(OutboxMessage, remaining.pop(0))
+                tally.add(_retry_or_fail(row, error))
+                db.session.commit()
+                if isinstance(error, (OSError, smtplib.SMTPServerDisconnected)):
+                    break  # the connection is gone; the rest go back to the queue
+                continue
+            row = db.session.get(OutboxMessage, remaining.pop(0))
+            row.status, row.sent_at, row.lease_until = "sent", utcnow(), None
+            row.attempts += 1
+            row.reason = None
+            db.session.commit()
+            tally.add("sent")
+    finally:
+        _release(remaining)
+        try:
+            connection.__exit__(None, None, None)
+        except (OSError, smtplib.SMTPException):
+            pass  # the messages' outcomes are committed; a failed QUIT changes nothing
+
+
+def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
+    """Deliver due messages until stopped (or until none is due, with `once`)."""
+    tally = Tally()
+    batch = current_app.config["PORTAL_OUTBOX_BATCH"]
+    while stop is None or not stop.is_set():
+        ids = claim(batch)
+        if ids:
+            deliver(ids, tally)
+            continue
+        if once:
+            break
+        if stop is not None:
+            stop.wait(idle_seconds)
+        else:
+            time.sleep(idle_seconds)
+    return tally
+
+
+def status_counts() -> dict[str, int]:
+    """Return how many messages are in each status."""
+    statement = sa.select(OutboxMessage.status, sa.func.count()).group_by(OutboxMessage.status)
+    return {status: 0 for status in STATUSES} | dict(db.session.execute(statement).all())
+
+
+def recent(*, status: str | None = None, limit: int = 100) -> list[OutboxMessage]:
+    """Return the newest messages first, optionally of one status."""
+    statement = sa.select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
+    if status is not None:
+        statement = statement.where(OutboxMessage.status == status)
+    return list(db.session.scalars(statement))
