@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 
 from flask import render_template
 from flask import request
+from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -66,8 +67,9 @@ def render_error(error):
             error = InternalServerError()
         code = error.code or 500
         title, explanation = ERRORS.get(code, ERRORS[500 if code >= 500 else 400])
-    return render_template("errors/error.html", title=title, explanation=explanation,
-                           code=code), code
+    # A request for an untrusted host has no URL adapter, so the page cannot link anywhere.
+    template = "errors/error.html" if request_ctx.url_adapter is not None else "errors/bare.html"
+    return render_template(template, title=title, explanation=explanation, code=code), code
 
 
 def init_app(app) -> None:

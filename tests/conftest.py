@@ -11,12 +11,16 @@ import os
 import flask_migrate
 import pytest
 import sqlalchemy as sa
+from flask import g
+from flask.testing import FlaskClient
 from hypothesis import settings as hypothesis_settings
+from smtp_sink import SmtpSink
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from portal import create_app
 from portal.db import db
+from portal.hardening import limiter
 from portal.keys import PURPOSES
 from portal.keys import new_keyset
 
@@ -69,10 +73,41 @@ def database_url(request, tmp_path_factory) -> str:
     return url
 
 
+class FreshGlobalsClient(FlaskClient):
+    """A test client whose every request starts with an empty `g`, as in production.
+
+    The `app` fixture keeps an application context open for the whole test, and Flask reuses
+    an open context for requests, so without this `g` (Flask-WTF keeps its CSRF token there)
+    would leak from one request into the next.
+    """
+
+    def open(self, *args, **kwargs):
+        vars(g).clear()
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture(scope="session")
-def base_app(database_url):
+def smtp_server():
+    """One real SMTP server on loopback for the whole run (aiosmtpd)."""
+    server = SmtpSink().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server):
+    """The test SMTP server, emptied and well-behaved at the start of each test."""
+    smtp_server.reset()
+    return smtp_server
+
+
+@pytest.fixture(scope="session")
+def base_app(database_url, smtp_server):
     """One application per database for the whole run, its schema built by the migrations."""
-    application = create_app(make_config(database_url))
+    application = create_app(
+        make_config(database_url, MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_server.port)
+    )
+    application.test_client_class = FreshGlobalsClient
     with application.app_context():
         flask_migrate.upgrade()
     yield application
@@ -84,6 +119,7 @@ def base_app(database_url):
 def app(base_app):
     """The application, inside a transaction that is rolled back after the test."""
     with base_app.app_context():
+        limiter.reset()  # rate-limit counts must not leak from one test into the next
         connection = db.engine.connect()
         transaction = connection.begin()
         original_session = db.session

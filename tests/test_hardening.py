@@ -1,0 +1,92 @@
+"""Web hardening (issue 3, item 7): headers, hosts, proxies and friendly error pages."""
+
+import pytest
+
+from conftest import make_config
+from portal import create_app
+
+
+def test_every_page_has_the_security_headers(client):
+    for url in ("/", "/staff/sign-in", "/no-such-page"):
+        headers = client.get(url).headers
+        policy = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy
+        assert "style-src 'self'" in policy
+        assert "unsafe-inline" not in policy
+        assert "frame-ancestors 'none'" in policy
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+
+
+def test_no_page_has_inline_script_or_style(client):
+    for url in ("/", "/staff/sign-in", "/no-such-page"):
+        html = client.get(url).text
+        assert "<script>" not in html and "<style" not in html and " style=" not in html
+        assert "onclick=" not in html
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status", "title"),
+    [
+        ("GET", "/no-such-page", 404, "Page not found"),
+        ("DELETE", "/", 405, "This action is not available here"),
+        ("GET", "/staff/jobs", 302, None),
+    ],
+)
+def test_friendly_error_pages(client, method, url, status, title):
+    response = client.open(url, method=method)
+    assert response.status_code == status
+    if title:
+        assert f"<h1>{title}</h1>" in response.text
+        assert "Traceback" not in response.text
+
+
+def test_error_pages_speak_the_visitors_language(client):
+    response = client.get("/no-such-page", headers={"Accept-Language": "de"})
+    assert response.status_code == 404
+    assert '<html lang="de">' in response.text
+    assert "Page not found" not in response.text
+
+
+def test_an_oversized_request_gets_a_friendly_413(client, app):
+    response = client.post("/staff/sign-in", data={"email": "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)})
+    assert response.status_code == 413
+    assert "That was too much data" in response.text
+
+
+def test_an_untrusted_host_is_refused(tmp_path):
+    app = create_app(make_config(f"sqlite:///{tmp_path}/h.sqlite3",
+                                 TRUSTED_HOSTS=["prefs.example.test"]))
+    client = app.test_client()
+    assert client.get("/", headers={"Host": "prefs.example.test"}).status_code == 200
+    refused = client.get("/", headers={"Host": "evil.example"})
+    assert refused.status_code == 400
+    assert "evil.example" not in refused.text
+
+
+def test_trusted_hosts_default_to_the_base_url_outside_tests(tmp_path):
+    config = make_config(f"sqlite:///{tmp_path}/h.sqlite3", TESTING=False)
+    app = create_app(config)
+    assert app.config["TRUSTED_HOSTS"] == ["prefs.example.test"]
+
+
+def test_proxy_hops_decide_which_address_is_the_client(tmp_path):
+    seen = {}
+    app = create_app(make_config(f"sqlite:///{tmp_path}/h.sqlite3", PORTAL_PROXY_HOPS=1))
+
+    @app.get("/__address")
+    def address():
+        from flask import request
+
+        seen["address"] = request.remote_addr
+        return ""
+
+    app.test_client().get("/__address", headers={"X-Forwarded-For": "203.0.113.9"},
+                          environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert seen["address"] == "203.0.113.9"
+
+    plain = create_app(make_config(f"sqlite:///{tmp_path}/h2.sqlite3"))
+    plain.add_url_rule("/__address", view_func=address)
+    plain.test_client().get("/__address", headers={"X-Forwarded-For": "203.0.113.9"},
+                            environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert seen["address"] == "10.0.0.1"

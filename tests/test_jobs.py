@@ -1,0 +1,156 @@
+"""Background jobs (issue 3, item 5): resumable, exactly once per item, progress to watch."""
+
+import pytest
+import sqlalchemy as sa
+
+from portal import contacts
+from portal import jobs
+from portal import suppression
+from portal.db import db
+from portal.keys import parse_keyset
+from portal.reencryption import REENCRYPT
+
+
+class Killed(BaseException):
+    """Stands for the worker process dying: nothing of the current item is committed."""
+
+
+@pytest.fixture
+def suppress_kind():
+    """A job kind whose items each add a suppression entry: a second go at an item would
+    violate the unique digest, so the table shows that every item ran exactly once."""
+    crash_at = {"key": None}
+
+    def items_after(params, after, limit):
+        return [(n, n) for n in range(after + 1, min(params["count"], after + limit) + 1)]
+
+    def process(params, n):
+        if crash_at["key"] == n:
+            crash_at["key"] = None
+            raise Killed
+        suppression.suppress(f"item{n}@jobs.example", "test")
+        return "suppressed"
+
+    kind = jobs.register(jobs.JobKind(name="test-suppress", label="Test",
+                                      count=lambda params: params["count"],
+                                      items_after=items_after, process=process))
+    yield kind, crash_at
+    jobs.KINDS.pop(kind.name)
+
+
+def suppressed_items() -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(suppression.Suppression)
+                             .where(suppression.Suppression.reason == "test"))
+
+
+def test_a_job_killed_halfway_resumes_without_doing_any_item_twice(app, suppress_kind):
+    _kind, crash_at = suppress_kind
+    job = jobs.start("test-suppress", {"count": 450}, created_by="test")
+    db.session.commit()
+    crash_at["key"] = 301  # past the first page, so resuming crosses a page boundary
+    claimed = jobs.claim()
+    with pytest.raises(Killed):
+        jobs.run(claimed)
+    db.session.rollback()
+    assert suppressed_items() == 300
+    assert db.session.get(jobs.Job, job.id).status == "running"
+
+    # The dead worker's lease runs out; the next worker picks the job up where it stopped.
+    assert jobs.claim() is None
+    db.session.get(jobs.Job, job.id).lease_until = jobs.utcnow() - jobs.LEASE
+    db.session.commit()
+    assert jobs.work(once=True) == 1
+    finished = db.session.get(jobs.Job, job.id)
+    assert finished.status == "done"
+    assert finished.done == finished.total == 450
+    assert finished.outcomes == {"suppressed": 450}
+    assert suppressed_items() == 450
+
+
+def test_a_failing_item_fails_the_job_visibly(app, suppress_kind):
+    kind, _crash_at = suppress_kind
+    jobs.KINDS[kind.name] = jobs.JobKind(
+        name=kind.name, label=kind.label, count=kind.count, items_after=kind.items_after,
+        process=lambda params, n: 1 / 0,
+    )
+    job = jobs.start("test-suppress", {"count": 3}, created_by="test")
+    db.session.commit()
+    jobs.work(once=True)
+    failed = db.session.get(jobs.Job, job.id)
+    assert failed.status == "failed"
+    assert "ZeroDivisionError" in failed.error
+
+
+def test_a_stopped_worker_hands_the_job_back(app, suppress_kind):
+    import threading
+
+    job = jobs.start("test-suppress", {"count": 10}, created_by="test")
+    db.session.commit()
+    stop = threading.Event()
+    jobs.run(jobs.claim(), on_progress=lambda j: j.done == 4 and stop.set(), stop=stop)
+    paused = db.session.get(jobs.Job, job.id)
+    assert (paused.status, paused.done) == ("queued", 4)
+    jobs.work(once=True)
+    assert db.session.get(jobs.Job, job.id).done == 10
+    assert suppressed_items() == 10
+
+
+def test_unknown_kind_is_refused(app):
+    with pytest.raises(jobs.JobError, match="unknown job kind 'nope'"):
+        jobs.start("nope", created_by="test")
+
+
+def test_reencryption_moves_every_value_to_the_active_key(app):
+    field = contacts.define_field("tax_id", "Tax ID", sensitive=True)
+    people = []
+    for n in range(5):
+        contact = contacts.add_contact(f"p{n}@example.com", method="cli", actor="t")
+        contacts.set_field_value(contact, field, f"DE-{n:09d}")
+        people.append(contact)
+    db.session.commit()
+    keys = app.extensions["portal_keys"]
+    original = keys["field"]
+    rotated = parse_keyset("field", {
+        "active": "k2",
+        "keys": {"k1": app.config["PORTAL_FIELD_KEYS"]["keys"]["k1"],
+                 "k2": "cm90YXRlZC1rZXktZm9yLXRoZS10ZXN0LXN1aXRlLTAwMDA="},
+    })
+    keys["field"] = rotated
+    try:
+        job = jobs.start(REENCRYPT.name, created_by="test")
+        db.session.commit()
+        assert job.total == 5
+        jobs.work(once=True)
+        assert db.session.get(jobs.Job, job.id).status == "done"
+        stored = db.session.scalars(
+            sa.select(contacts.FieldValue).where(contacts.FieldValue.field_id == field.id)
+        ).all()
+        assert {value.key_id for value in stored} == {"k2"}
+        for n, contact in enumerate(people):
+            assert contacts.field_value(contact, "tax_id", reveal=True) == f"DE-{n:09d}"
+        # With k1 retired, every value still decrypts.
+        keys["field"] = parse_keyset("field", {"active": "k2", "keys": {
+            "k2": "cm90YXRlZC1rZXktZm9yLXRoZS10ZXN0LXN1aXRlLTAwMDA="}})
+        assert contacts.field_value(people[0], "tax_id", reveal=True) == "DE-000000000"
+    finally:
+        keys["field"] = original
+
+
+def test_jobs_run_shows_a_progress_bar(runner, app, suppress_kind):
+    job = jobs.start("test-suppress", {"count": 5}, created_by="test")
+    db.session.commit()
+    result = runner.invoke(args=["jobs", "run", str(job.id)])
+    assert result.exit_code == 0, result.output
+    # Without a terminal click prints the bar's label only; the summary line follows.
+    assert result.output.splitlines()[0] == "Test"
+    assert f"job {job.id} done: 5 items" in result.output
+    again = runner.invoke(args=["jobs", "run", str(job.id)])
+    assert again.exit_code == 1
+    assert "is finished" in again.output
+
+
+def test_jobs_start_names_unknown_kinds_in_one_line(runner):
+    result = runner.invoke(args=["jobs", "start", "nope"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown job kind 'nope'")
+    assert "Traceback" not in result.output
