@@ -28,15 +28,19 @@ translations: $(CATALOGS:.po=.mo)
 portal/translations/%/LC_MESSAGES/messages.mo: portal/translations/%/LC_MESSAGES/messages.po $(VENV)/.installed
 	$(BIN)/pybabel -q compile -i $< -o $@
 
-# For maintainers: gather the marked strings and merge them into every catalogue.
+# For maintainers: gather the marked strings (Babel's default keywords such as _, plus _l) into
+# the template and merge them into every catalogue; tests/test_i18n.py extracts the same way.
+# A new language starts with `$(BIN)/pybabel init -i $(POT) -d portal/translations -l xx`.
+POT := portal/translations/messages.pot
 extract-messages: $(VENV)/.installed
-	$(BIN)/pybabel extract --no-location --sort-by-file -F babel.cfg -k _l -o portal/translations/messages.pot .
-	$(BIN)/pybabel update --no-fuzzy-matching -i portal/translations/messages.pot -d portal/translations
+	$(BIN)/pybabel extract --no-location --sort-by-file --add-comments=TRANSLATORS: \
+		--project=consent-portal --copyright-holder="the consent-portal authors" -F babel.cfg -k _l -o $(POT) .
+	$(if $(CATALOGS),$(BIN)/pybabel update --no-fuzzy-matching --ignore-obsolete -i $(POT) -d portal/translations)
 
 run: install
 	$(DEMO) $(FLASK) db upgrade
 	$(DEMO) $(FLASK) demo
-	$(DEMO) $(FLASK) run --host 127.0.0.1 --port 5000 --reload
+	$(DEMO) $(FLASK) serve --host 127.0.0.1 --port 5000
 
 test: install-test
 	$(BIN)/ruff check .

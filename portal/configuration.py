@@ -23,6 +23,8 @@ def load(app, test_config: dict | None) -> None:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{app.instance_path}/portal.sqlite3"
     _check(app.config)
+    # url_for(_external=True) and the test client follow the public address's scheme.
+    app.config["PREFERRED_URL_SCHEME"] = urlsplit(app.config["PORTAL_BASE_URL"]).scheme
 
 
 def _fill_demo_defaults(app) -> None:

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
+from flask import render_template
+from flask_babel import force_locale
+from flask_babel import gettext
 
 from portal import consent
 from portal import contacts
 from portal import lists
+from portal import outbox
 from portal import settings
 from portal import staff
 from portal.contacts import OptIn
@@ -128,6 +132,8 @@ LAST_NAMES = (
 REGIONS = (("EU", "de"), ("EU", "fr"), ("EU", "en"), ("UK", "en"), ("US", "en"), ("JP", "ja"))
 STAGES = ("new", "qualified", "ready to buy", "customer")
 CONTACT_COUNT = 36
+# A German contact in the EU, an English one in the EU, and one outside the page's audience.
+SAMPLE_NUMBERS = (6, 2, 4)
 
 
 @dataclass
@@ -307,18 +313,32 @@ def _make_contact(number, email, mailing_lists, fields, definitions) -> None:
             )
             contacts.set_field_value(contact, definition.field, value)
 
+    if number in SAMPLE_NUMBERS + (10,):
+        # Contact 10 opted out: staff see its notice refused by the gate, with the reason.
+        _queue_preference_mail(contact)
     if number == 12:
         contacts.request_erasure(contact, method="page", actor="contact", evidence=evidence)
     if number == 17:
         contacts.stop_processing(contact, method="page", actor="contact", evidence=evidence)
 
 
+def _queue_preference_mail(contact: contacts.Contact) -> None:
+    """Queue the mail that tells a contact where their page is (it shows in the mailbox)."""
+    context = {"name": contact.first_name, "url": manage_url(contact)}
+    with force_locale(contact.language or "en"):
+        outbox.enqueue(
+            category="notice", contact=contact, recipient=contact.email,
+            subject=gettext("Your privacy preferences"),
+            text_body=render_template("mail/preference_link.txt", **context),
+            html_body=render_template("mail/preference_link.html", **context),
+        )
+
+
 def sample_links(count: int = 3) -> list[str]:
     """Return preference links of a few demo contacts of different regions and languages."""
     chosen = []
-    # A German contact in the EU, an English one in the EU, and one outside the page's audience.
-    for email in ("contact06@demo.example", "contact02@demo.example", "contact04@demo.example"):
-        contact = contacts.find_by_email(email)
+    for number in SAMPLE_NUMBERS:
+        contact = contacts.find_by_email(f"contact{number:02d}@demo.example")
         if contact is not None:
             chosen.append(manage_url(contact))
     return chosen[:count]
