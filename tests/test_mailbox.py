@@ -4,14 +4,14 @@ import re
 
 import flask_migrate
 import pytest
-
 from conftest import make_config
+from smtp_sink import free_port
+
 from portal import create_app
 from portal import demo
 from portal import mailbox
 from portal import outbox
 from portal.db import db
-from smtp_sink import free_port
 
 
 @pytest.fixture
