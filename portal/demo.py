@@ -89,7 +89,6 @@ CONSENTS = (
 )
 
 POLICY_HTML = (
-    "<h2>How we use your data</h2>"
     "<p>We keep your name, email address and preferences to send you the email you asked for. "
     "Sensitive data is stored only with your consent, encrypted.</p>"
     "<p>You can change your mind at any time on this page.</p>"

@@ -24,4 +24,10 @@ def select_locale() -> str:
 def init_app(app) -> None:
     """Bind Flask-Babel with the portal's translations and locale choice."""
     babel.init_app(app, locale_selector=select_locale)
-    app.context_processor(lambda: {"current_locale": lambda: str(get_locale() or "en")})
+    app.context_processor(
+        lambda: {
+            "current_locale": lambda: str(get_locale() or "en"),
+            # How long a preference link lives, as told to contacts.
+            "link_days": current_app.config["PORTAL_LINK_MAX_AGE"]["manage"] // 86400,
+        }
+    )
