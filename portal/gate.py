@@ -120,6 +120,8 @@ def record_inbound(sender: str, message_id: str) -> InboundMessage | None:
         sa.select(InboundMessage).where(InboundMessage.message_id == message_id)
     )
     if existing is not None:
+        if existing.contact_id != contact.id:
+            raise ValueError("this Message-ID was already recorded from another sender")
         return existing
     inbound = InboundMessage(message_id=message_id, contact_id=contact.id)
     db.session.add(inbound)
@@ -150,6 +152,10 @@ def decide(
     category = Category(category)
     if category is Category.INTERNAL:
         return ALLOW
+    if contact is None and category is not Category.PARTNER:
+        # Mail to a contact's address obeys that contact's state, whether or not the caller
+        # named the contact: an opt-out stops ad-hoc mail too (M6).
+        contact = find_by_email(recipient)
     if contact is not None and contact.erased_at is not None:
         if category is Category.ERASURE_RECEIPT and queued_at and queued_at <= contact.erased_at:
             return ALLOW

@@ -39,12 +39,37 @@ def check_header(name: str, value: str) -> str:
     return value
 
 
+#: Headers the outbox writes itself: an extra header must not add a second one (or a Bcc).
+RESERVED_HEADERS = {
+    "bcc", "cc", "content-transfer-encoding", "content-type", "date", "from", "in-reply-to",
+    "message-id", "mime-version", "references", "return-path", "subject", "to",
+}
+
+
+def check_extra_header(name: str, value: str) -> str:
+    """Return an extra header's value if it is safe to send, or raise MessageRejected."""
+    check_header(name, value)
+    if name.lower() in RESERVED_HEADERS:
+        raise MessageRejected(f"header {name} is set by the outbox, not as an extra header")
+    return value
+
+
 def check_address(value: str, what: str = "address") -> str:
     """Return a normalised address, or raise MessageRejected."""
     try:
-        return normalise_email(check_header("To", value))
+        address = normalise_email(check_header("To", value))
     except (InvalidEmail, MessageRejected):
         raise MessageRejected(f"the {what} {value!r} is not a valid email address") from None
+    local_part, domain = address.rsplit("@", 1)
+    try:
+        # SMTP as Flask-Mail speaks it (no SMTPUTF8) carries an ASCII local part and an IDNA
+        # domain only; anything else would stop the worker at hand-off.
+        if not local_part.isascii():
+            raise UnicodeError
+        domain.encode("idna")
+    except UnicodeError:
+        raise MessageRejected(f"the {what} {value!r} cannot be sent over SMTP") from None
+    return address
 
 
 def new_message_id() -> str:

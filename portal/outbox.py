@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_mail import BadHeaderError
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
@@ -27,6 +28,7 @@ from portal.db import utcnow
 from portal.mail import MessageRejected
 from portal.mail import build_message
 from portal.mail import check_address
+from portal.mail import check_extra_header
 from portal.mail import check_header
 from portal.mail import connect
 from portal.mail import new_message_id
@@ -93,7 +95,7 @@ def enqueue(
     check_header("Subject", subject)
     if not subject.strip():
         raise MessageRejected("the subject is empty")
-    headers = {name: check_header(name, value) for name, value in (headers or {}).items()}
+    headers = {name: check_extra_header(name, value) for name, value in (headers or {}).items()}
     if in_reply_to is not None:
         check_header("In-Reply-To", in_reply_to)
     size = len(text_body.encode()) + len((html_body or "").encode())
@@ -135,7 +137,11 @@ def _decide_at_handoff(row: OutboxMessage) -> gate.Decision:
 def claim(limit: int) -> list[int]:
     """Lease up to `limit` due messages to this worker and return their ids."""
     now = utcnow()
-    lease = timedelta(seconds=current_app.config["PORTAL_OUTBOX_LEASE_SECONDS"])
+    config = current_app.config
+    # The lease must outlast a whole batch against a slow server, or another worker could
+    # take back messages that are still being sent and send them twice.
+    slowest_batch = limit * config["PORTAL_SMTP_TIMEOUT"] + 60
+    lease = timedelta(seconds=max(config["PORTAL_OUTBOX_LEASE_SECONDS"], slowest_batch))
     due = sa.or_(
         sa.and_(OutboxMessage.status == "queued", OutboxMessage.next_attempt_at <= now),
         # A worker that died holding a lease: its messages were never handed over.
@@ -172,14 +178,16 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
-def _retry_or_fail(row: OutboxMessage, error: Exception) -> str:
+def _retry_or_fail(row: OutboxMessage, error: Exception, *, server_down: bool = False) -> str:
+    """Record a failed attempt. The server being unreachable (or refusing us, say for a wrong
+    password) is no fault of the message: it delays the message but never fails it (R5)."""
     row.attempts += 1
     row.lease_until = None
     row.reason = _describe(error)
-    if _is_permanent(error):
+    if _is_permanent(error) and not server_down:
         row.status = "failed"
         return "failed"
-    if row.attempts >= current_app.config["PORTAL_OUTBOX_MAX_ATTEMPTS"]:
+    if row.attempts >= current_app.config["PORTAL_OUTBOX_MAX_ATTEMPTS"] and not server_down:
         row.status = "failed"
         row.reason = f"gave up after {row.attempts} attempts: {row.reason}"
         return "failed"
@@ -214,6 +222,17 @@ def _release(ids: list[int]) -> None:
         db.session.commit()
 
 
+def _connection_lost(connection, error: Exception) -> bool:
+    """Say whether an SMTP error left the connection unusable."""
+    # SMTPException is an OSError: only a socket error or a disconnection loses the connection,
+    # or an answer after which smtplib closed it (a 421).
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return True
+    if not isinstance(error, smtplib.SMTPException):
+        return True
+    return getattr(connection.host, "sock", None) is None
+
+
 def deliver(ids: list[int], tally: Tally) -> None:
     """Hand claimed messages to SMTP over one connection, committing each outcome at once."""
     remaining = list(ids)
@@ -223,7 +242,7 @@ def deliver(ids: list[int], tally: Tally) -> None:
         # The server is down or refused us: nothing was handed over; try again later.
         for message_id in remaining:
             row = db.session.get(OutboxMessage, message_id)
-            tally.add(_retry_or_fail(row, error))
+            tally.add(_retry_or_fail(row, error, server_down=True))
         db.session.commit()
         return
     try:
@@ -246,9 +265,19 @@ def deliver(ids: list[int], tally: Tally) -> None:
                 row = db.session.get(OutboxMessage, remaining.pop(0))
                 tally.add(_retry_or_fail(row, error))
                 db.session.commit()
-                if isinstance(error, (OSError, smtplib.SMTPServerDisconnected)):
-                    break  # the connection is gone; the rest go back to the queue
+                if _connection_lost(connection, error):
+                    break  # the rest go back to the queue, for a fresh connection
                 continue
+            except (ValueError, BadHeaderError) as error:
+                # The message cannot be written as SMTP (say, an address it cannot carry):
+                # no retry helps, and it must not stop the worker or the messages behind it.
+                row = db.session.get(OutboxMessage, remaining.pop(0))
+                row.status, row.lease_until = "failed", None
+                row.attempts += 1
+                row.reason = f"cannot be sent: {type(error).__name__}: {error}"[:500]
+                db.session.commit()
+                tally.add("failed")
+                break  # the SMTP session may be mid-transaction; start the rest afresh
             row = db.session.get(OutboxMessage, remaining.pop(0))
             row.status, row.sent_at, row.lease_until = "sent", utcnow(), None
             row.attempts += 1
