@@ -9,6 +9,7 @@ import sys
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from sqlalchemy.exc import IntegrityError
 
 from portal import contacts
 from portal import demo
@@ -76,7 +77,12 @@ def add_contact_command(
         )
     except contacts.ContactError as error:
         raise click.ClickException(str(error)) from None
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Another process added the same address between our check and our commit.
+        db.session.rollback()
+        raise click.ClickException("a contact with this email address already exists") from None
     click.echo(f"added contact {contact.public_id}")
 
 
@@ -103,7 +109,7 @@ def verify_command(from_checkpoint, expect):
     expected = None
     if expect:
         event_id, _, digest = expect.partition(":")
-        if not event_id.isdigit() or len(digest) != 64:
+        if not event_id.isdigit() or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
             raise click.ClickException("--expect must look like 42:<64 hex characters>")
         expected = (int(event_id), digest)
     report = ledger.verify(from_checkpoint=from_checkpoint, expect=expected)

@@ -1,8 +1,10 @@
 """Reading and checking the configuration before anything else starts."""
 
+import copy
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from portal.keys import LINK_PURPOSES
 from portal.keys import ConfigError
 from portal.keys import load_demo_secrets
 
@@ -12,6 +14,9 @@ DEMO_BASE_URL = "http://127.0.0.1:5000"
 def load(app, test_config: dict | None) -> None:
     """Fill app.config from defaults, the environment and test values, then check it."""
     app.config.from_object("config.Config")
+    # from_object shares the class's dicts and lists; a nested variable such as
+    # FLASK_PORTAL_LINK_MAX_AGE__manage would otherwise change them for every app.
+    app.config.update(copy.deepcopy(dict(app.config)))
     app.config.from_prefixed_env()
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -75,7 +80,13 @@ def _check(config) -> None:
     if not isinstance(languages, list) or "en" not in languages:
         raise ConfigError('FLASK_PORTAL_LANGUAGES must be a list that includes "en"')
     ages = config.get("PORTAL_LINK_MAX_AGE")
-    if not isinstance(ages, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ages.values()
+    # A purpose left out would fail every link of that purpose later, with a server error.
+    if (
+        not isinstance(ages, dict)
+        or not set(LINK_PURPOSES) <= set(ages)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ages.values())
     ):
-        raise ConfigError("FLASK_PORTAL_LINK_MAX_AGE must map each link purpose to seconds > 0")
+        raise ConfigError(
+            "FLASK_PORTAL_LINK_MAX_AGE must map each link purpose "
+            f"({', '.join(LINK_PURPOSES)}) to seconds > 0"
+        )

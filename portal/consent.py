@@ -74,6 +74,14 @@ class ConsentVersion(db.Model):
     consent: Mapped[ConsentDefinition] = relationship(back_populates="versions")
 
 
+@sa.event.listens_for(ConsentVersion, "before_update")
+def _refuse_edits(mapper, _connection, version: ConsentVersion) -> None:
+    # The wording people agreed to is evidence (the ledger keeps its digest): never edit it.
+    state = sa.inspect(version)
+    if any(state.attrs[column.key].history.has_changes() for column in mapper.column_attrs):
+        raise ConsentError("a consent version cannot be edited; add a new version instead")
+
+
 class ConsentState(db.Model):
     """A contact's current decision on a consent: the projection of its latest ledger event.
 

@@ -211,7 +211,15 @@ def set_field_value(contact: Contact, definition: FieldDefinition, value: str | 
         raise ContactError(f"{definition.name} is a built-in field")
     if contact.processing_stopped_at is not None:
         raise ContactError("processing of this contact's data is stopped; the record is locked")
-    current = next((v for v in contact.values if v.field_id == definition.id), None)
+    # A value added earlier in this transaction has no field_id until the session flushes.
+    current = next(
+        (
+            v
+            for v in contact.values
+            if (v.field_id == definition.id if v.field_id is not None else v.field is definition)
+        ),
+        None,
+    )
     if current is None:
         current = FieldValue(field=definition)
         contact.values.append(current)

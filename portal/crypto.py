@@ -36,6 +36,9 @@ def decrypt_field(key_id: str, blob: bytes, *, table: str, column: str, row_id: 
     """Decrypt a value stored for this record and field, or raise DecryptionFailed."""
     key = keyset("field").key(key_id)
     aad = _associated_data(table, column, row_id, key_id)
+    if len(blob) < NONCE_BYTES:
+        # AESGCM would raise a bare ValueError for the short nonce of a truncated value.
+        raise DecryptionFailed(f"{table}.{column} of {row_id} is truncated")
     try:
         plain = AESGCM(key[:32]).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
     except InvalidTag:

@@ -27,6 +27,10 @@ PURPOSES = {
 
 MIN_KEY_BYTES = 32
 
+#: The kinds of contact link signed with the "link" key set, each with its own salt and
+#: maximum age (PORTAL_LINK_MAX_AGE).
+LINK_PURPOSES = ("manage", "confirm", "undo", "export")
+
 
 class ConfigError(RuntimeError):
     """A configuration value is missing or malformed; the message names the variable."""

@@ -276,7 +276,13 @@ def _events_from(first_id: int) -> Iterator[LedgerEvent]:
         .order_by(LedgerEvent.id)
         .execution_options(yield_per=1000)
     )
-    yield from db.session.scalars(statement)
+    # yield_per streams through a server-side cursor on PostgreSQL: close it even when the
+    # walk stops at the first break, instead of leaving it open until garbage collection.
+    events = db.session.scalars(statement)
+    try:
+        yield from events
+    finally:
+        events.close()
 
 
 def _checkpoint_problem(mark: LedgerCheckpoint) -> str | None:

@@ -14,10 +14,11 @@ from itsdangerous import URLSafeTimedSerializer
 
 from portal.contacts import Contact
 from portal.db import db
+from portal.keys import LINK_PURPOSES
 from portal.keys import UnknownKey
 from portal.keys import keyset
 
-PURPOSES = ("manage", "confirm", "undo", "export")
+PURPOSES = LINK_PURPOSES
 # A web node whose clock is slightly behind the signer's must not reject a fresh link.
 CLOCK_SKEW_SECONDS = 120
 

@@ -34,8 +34,11 @@ DEFAULTS = {
 class StaleSettings(RuntimeError):
     """Someone saved the settings since this edit began."""
 
-    def __init__(self, current: "SettingsVersion"):
-        super().__init__(f"the settings were changed (now version {current.version})")
+    def __init__(self, current: "SettingsVersion | None"):
+        # None: based on a version that was never saved (there is no settings version yet).
+        super().__init__(
+            f"the settings were changed (now version {current.version if current else 0})"
+        )
         self.current = current
 
 

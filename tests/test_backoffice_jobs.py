@@ -1,13 +1,13 @@
 """The jobs pages: start a job, watch its progress with htmx or with a plain refresh."""
 
 import pytest
+from test_backoffice_auth import PASSWORD
+from test_backoffice_auth import csrf_token
+from test_backoffice_auth import sign_in
 
 from portal import jobs
 from portal import staff
 from portal.db import db
-from test_backoffice_auth import PASSWORD
-from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from portal.db import db
 
 
 def test_smoke(app, client):
-    contact = contacts.add_contact("a@example.com", method="cli", actor="t")
+    contacts.add_contact("a@example.com", method="cli", actor="t")
     db.session.commit()
     assert ledger.verify().ok
     assert client.get("/").status_code == 200
