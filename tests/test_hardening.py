@@ -1,8 +1,8 @@
 """Web hardening (issue 3, item 7): headers, hosts, proxies and friendly error pages."""
 
 import pytest
-
 from conftest import make_config
+
 from portal import create_app
 
 
@@ -49,7 +49,8 @@ def test_error_pages_speak_the_visitors_language(client):
 
 
 def test_an_oversized_request_gets_a_friendly_413(client, app):
-    response = client.post("/staff/sign-in", data={"email": "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)})
+    too_long = "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    response = client.post("/staff/sign-in", data={"email": too_long})
     assert response.status_code == 413
     assert "That was too much data" in response.text
 
