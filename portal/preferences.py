@@ -1,18 +1,39 @@
-"""The contact-facing pages: the front page and the preference page reached by a signed link."""
+"""The contact-facing pages: the front page, the preference page, confirming and undoing.
+
+Every link in an email opens a page with one button; only its POST acts, so a mail scanner's
+GET changes nothing and uses up nothing (R1).
+"""
+
+import hashlib
+import logging
 
 from flask import Blueprint
+from flask import flash
 from flask import g
+from flask import redirect
 from flask import render_template
+from flask import request
+from flask import url_for
+from flask_babel import get_locale
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-from portal import consent
-from portal import lists
-from portal import settings
+from portal import changes
+from portal.choices import CONSENT
+from portal.choices import ERASURE
+from portal.choices import LIST
+from portal.choices import MARKETING
+from portal.choices import RESTRICTION
+from portal.choices import page_for
 from portal.contacts import OptIn
+from portal.db import db
+from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
+from portal.links import make_token
 from portal.links import read_token
 
+log = logging.getLogger(__name__)
 bp = Blueprint("preferences", __name__)
 
 OPT_IN_WORDS = {
@@ -37,28 +58,150 @@ def protect_token_pages(response):
     return response
 
 
+class BadLink(Exception):
+    def __init__(self, expired: bool):
+        self.expired = expired
+
+
+@bp.errorhandler(BadLink)
+def bad_link(error: BadLink):
+    template = render_template("preferences/link_invalid.html", expired=error.expired)
+    return template, 410 if error.expired else 404
+
+
+def _contact_from(purpose: str, token: str):
+    """Return the contact and payload of a link, or raise BadLink (logging a digest only)."""
+    try:
+        contact, payload = read_token(purpose, token)
+    except TokenInvalid as error:
+        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+        log.info("refused %s link %s: %s", purpose, digest, error)
+        raise BadLink(expired=isinstance(error, TokenExpired)) from None
+    g.contact_language = contact.language
+    return contact, payload
+
+
+def _evidence() -> Evidence:
+    return Evidence(ip_address=request.remote_addr, user_agent=request.user_agent.string or None)
+
+
+def _submitted(page) -> tuple[dict, dict]:
+    """Read the form into {(kind, reference): value} and the consent versions shown."""
+    form = request.form
+    choices = {(LIST, item.slug): form.get(f"list:{item.slug}") == "on" for item in page.lists}
+    choices[(MARKETING, "")] = form.get("stop_marketing") != "on"
+    versions = {}
+    for choice in page.consents:
+        slug = choice.definition.slug
+        answer = form.get(f"consent:{slug}")
+        if answer in ("yes", "no"):
+            choices[(CONSENT, slug)] = answer == "yes"
+        shown = form.get(f"version:{slug}", "")
+        versions[slug] = int(shown) if shown.isdigit() else choice.version.number
+    # Stopping processing and erasure are one-way from here: lifting them is for staff.
+    if page.full and form.get("stop_processing") == "on":
+        choices[(RESTRICTION, "")] = True
+    if page.full and form.get("erasure") == "on":
+        choices[(ERASURE, "")] = True
+    return choices, versions
+
+
 @bp.get("/")
 def front():
     """Show what the portal is and how a contact reaches their own page."""
     return render_template("preferences/front.html")
 
 
+def _render_manage(token: str, page, **extra):
+    contact = page.contact
+    return render_template(
+        "preferences/manage.html", token=token, page=page, contact=contact,
+        opt_in_words=OPT_IN_WORDS[OptIn(contact.opt_in_status)],
+        highlight=request.args.get("list"), **extra,
+    )
+
+
 @bp.get("/p/<token>")
 def manage(token: str):
-    """Show a contact their email options, subscriptions and consents."""
+    """Show a contact their email options, the policy, their consents and their rights."""
+    contact, _payload = _contact_from("manage", token)
+    return _render_manage(token, page_for(contact))
+
+
+@bp.post("/p/<token>")
+def save(token: str):
+    """Apply withdrawals at once and mail a confirmation link for everything else."""
+    contact, _payload = _contact_from("manage", token)
+    page = page_for(contact)
+    choices, versions = _submitted(page)
     try:
-        contact, _payload = read_token("manage", token)
-    except TokenExpired:
-        return render_template("preferences/link_invalid.html", expired=True), 410
-    except TokenInvalid:
-        return render_template("preferences/link_invalid.html", expired=False), 404
-    g.contact_language = contact.language
-    page = settings.values()
-    return render_template(
-        "preferences/manage.html",
-        contact=contact,
-        opt_in_words=OPT_IN_WORDS[OptIn(contact.opt_in_status)],
-        subscriptions=[s for s in lists.subscriptions_of(contact) if s.status == "subscribed"],
-        states=consent.states_of(contact),
-        policy_html=page["policy_html"],
-    )
+        outcome = changes.submit(contact, choices, versions=versions,
+                                 stamp=request.form.get("stamp", ""),
+                                 language=str(get_locale()), evidence=_evidence())
+    except changes.StaleForm as stale:
+        db.session.rollback()
+        return render_template(
+            "preferences/stale.html", token=token, page=stale.page,
+            wanted=changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {})),
+        )
+    db.session.commit()
+    if outcome.withdrawn:
+        flash(_("Your changes are saved. We sent you an email with a link to undo them."))
+    if outcome.pending:
+        flash(_("Check your inbox: we sent a link to confirm the rest of your changes. "
+                "Nothing else changes until you use it."))
+    if not outcome.withdrawn and not outcome.pending:
+        flash(_("Nothing changed."))
+    return redirect(url_for("preferences.manage", token=token), code=303)
+
+
+@bp.get("/c/<token>")
+def confirm_page(token: str):
+    """Show exactly what a confirmation will change, with one button."""
+    contact, payload = _contact_from("confirm", token)
+    change = changes.pending_of(contact, str(payload.get("p", "")))
+    if change is None:
+        raise BadLink(expired=False)
+    page = page_for(contact)
+    return render_template("preferences/confirm.html", token=token, change=change,
+                           items=changes.describe(page, change.changes()))
+
+
+@bp.post("/c/<token>")
+def confirm(token: str):
+    """Apply the pending change, once."""
+    contact, payload = _contact_from("confirm", token)
+    status, change = changes.confirm(contact, str(payload.get("p", "")), evidence=_evidence())
+    if status == "unknown":
+        raise BadLink(expired=False)
+    db.session.commit()
+    return render_template("preferences/confirmed.html", status=status,
+                           manage_token=_manage_token(contact))
+
+
+@bp.get("/u/<token>")
+def undo_page(token: str):
+    """Show what an undo will restore, with one button."""
+    contact, payload = _contact_from("undo", token)
+    record = changes.undo_of(contact, str(payload.get("u", "")))
+    if record is None:
+        raise BadLink(expired=False)
+    page = page_for(contact)
+    return render_template("preferences/undo.html", token=token, record=record,
+                           items=changes.describe(page, record.changes()))
+
+
+@bp.post("/u/<token>")
+def undo(token: str):
+    """Restore what a withdrawal took away, once."""
+    contact, payload = _contact_from("undo", token)
+    status, _record = changes.undo(contact, str(payload.get("u", "")), evidence=_evidence())
+    if status == "unknown":
+        raise BadLink(expired=False)
+    db.session.commit()
+    return render_template("preferences/undone.html", status=status,
+                           manage_token=_manage_token(contact))
+
+
+def _manage_token(contact) -> str:
+    return make_token("manage", contact)

@@ -1,0 +1,355 @@
+"""Changes a contact makes on their page (P4, R5, SECURITY.md 9).
+
+Withdrawals (leave a list, stop all marketing email, revoke a consent) apply at once and are
+mailed to the contact with an undo link. Everything else (join a list, receive marketing email
+again, grant a consent, stop processing, erasure) becomes one pending change, applied only by
+the POST behind the link mailed to the address on file: whoever holds a forwarded page link can
+withdraw but cannot grant. Confirming and undoing are single-use: an UPDATE that moves the row
+from its open status, acting only if it moved exactly one row.
+"""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import render_template
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from portal import consent
+from portal import contacts
+from portal import ledger
+from portal import lists
+from portal import outbox
+from portal.choices import CONSENT
+from portal.choices import ERASURE
+from portal.choices import LIST
+from portal.choices import MARKETING
+from portal.choices import RESTRICTION
+from portal.choices import Page
+from portal.choices import page_for
+from portal.contacts import Contact
+from portal.contacts import OptIn
+from portal.db import db
+from portal.db import utcnow
+from portal.gate import Category
+from portal.links import make_token
+from portal.links import public_url
+
+STATUSES = ("pending", "applied", "superseded", "cancelled")
+UNDO_STATUSES = ("open", "used")
+
+
+class StaleForm(Exception):
+    """The choices changed since the page was loaded; nothing was applied."""
+
+    def __init__(self, page: Page, submitted: dict[tuple[str, str], bool]):
+        super().__init__("the page was out of date")
+        self.page = page
+        self.submitted = submitted
+
+
+@dataclass(frozen=True)
+class Item:
+    """One change: a kind, what it is about, the new value, and the consent text version."""
+
+    kind: str
+    ref: str
+    value: bool
+    version: int | None = None
+
+    @property
+    def is_withdrawal(self) -> bool:
+        return self.kind in (LIST, MARKETING, CONSENT) and not self.value
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "ref": self.ref, "value": self.value, "version": self.version}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Item":
+        return cls(data["kind"], data["ref"], bool(data["value"]), data.get("version"))
+
+
+class PendingChange(db.Model):
+    """Changes waiting for the contact to confirm them from their mailbox."""
+
+    __tablename__ = "pending_changes"
+    __table_args__ = (sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(
+        sa.String(32), unique=True, default=lambda: secrets.token_urlsafe(16)
+    )
+    contact_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
+    items: Mapped[list] = mapped_column(sa.JSON)
+    rule_version: Mapped[int]
+    language: Mapped[str] = mapped_column(sa.String(10))
+    status: Mapped[str] = mapped_column(sa.String(12), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+    def changes(self) -> list[Item]:
+        return [Item.from_dict(data) for data in self.items]
+
+
+class Undo(db.Model):
+    """What a withdrawal took away, restorable once through the link in its notice."""
+
+    __tablename__ = "undos"
+    __table_args__ = (sa.CheckConstraint(sa.column("status").in_(UNDO_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(
+        sa.String(32), unique=True, default=lambda: secrets.token_urlsafe(16)
+    )
+    contact_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
+    # The items that restore what was withdrawn.
+    items: Mapped[list] = mapped_column(sa.JSON)
+    language: Mapped[str] = mapped_column(sa.String(10))
+    status: Mapped[str] = mapped_column(sa.String(8), default="open")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None]
+
+    def changes(self) -> list[Item]:
+        return [Item.from_dict(data) for data in self.items]
+
+
+@dataclass
+class Outcome:
+    withdrawn: list[Item]
+    pending: PendingChange | None
+    undo: Undo | None
+
+
+def diff(page: Page, submitted: dict[tuple[str, str], bool],
+         versions: dict[str, int]) -> list[Item]:
+    """Return the changes between the current choices and the submitted ones."""
+    current = page.current()
+    items = []
+    for (kind, ref), value in submitted.items():
+        if current.get((kind, ref)) == value:
+            continue
+        items.append(Item(kind, ref, value, versions.get(ref) if kind == CONSENT else None))
+    return items
+
+
+def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_ref: str,
+           evidence: ledger.Evidence | None, language: str) -> None:
+    """Apply one change, writing its ledger event in the current transaction."""
+    common = {"method": method, "actor": "contact", "evidence_ref": evidence_ref,
+              "evidence": evidence}
+    if item.kind == LIST:
+        mailing_list = db.session.scalar(
+            sa.select(lists.MailingList).where(lists.MailingList.slug == item.ref)
+        )
+        if mailing_list is not None:
+            lists.set_subscription(contact, mailing_list, item.value, **common)
+    elif item.kind == MARKETING:
+        target = OptIn.DOUBLE if item.value else OptIn.OPTOUT_CONTACT
+        if contact.opt_in_status != target:
+            contacts.record_opt_in(contact, target, **common)
+    elif item.kind == CONSENT:
+        definition = db.session.scalar(
+            sa.select(consent.ConsentDefinition).where(consent.ConsentDefinition.slug == item.ref)
+        )
+        if definition is None:
+            return
+        version = next((v for v in definition.versions if v.number == item.version),
+                       definition.current_version)
+        if definition.retired_at is not None and item.value:
+            return
+        consent.decide(contact, version, item.value, language=language,
+                       rule_version=page.rule_version, **common)
+    elif item.kind == RESTRICTION and item.value:
+        contacts.stop_processing(contact, **common)
+    elif item.kind == ERASURE and item.value:
+        contacts.request_erasure(contact, **common)
+
+
+def _inverse(page: Page, item: Item) -> Item:
+    """Return the item that restores what a withdrawal changed."""
+    if item.kind == CONSENT:
+        choice = page.consent(item.ref)
+        version = choice.state.version.number if choice and choice.state else item.version
+        return Item(CONSENT, item.ref, True, version)
+    return Item(item.kind, item.ref, True)
+
+
+def _send(contact: Contact, template: str, subject, language: str, **context) -> None:
+    """Queue a mail the contact's own action caused, in their language, to the address on file."""
+    with force_locale(language):
+        outbox.enqueue(
+            category=Category.OWN_ACTION, contact=contact, recipient=contact.email,
+            subject=str(subject),
+            text_body=render_template(f"mail/{template}.txt", contact=contact, **context),
+            html_body=render_template(f"mail/{template}.html", contact=contact, **context),
+        )
+
+
+def _cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
+    """Drop the grants of withdrawn items from pending changes: an old link cannot undo a no."""
+    keys = {(item.kind, item.ref) for item in withdrawn}
+    pending = db.session.scalars(
+        sa.select(PendingChange).where(PendingChange.contact_id == contact.id,
+                                       PendingChange.status == "pending")
+    )
+    for change in pending:
+        kept = [data for data in change.items if (data["kind"], data["ref"]) not in keys]
+        if len(kept) != len(change.items):
+            change.items = kept
+            if not kept:
+                change.status, change.decided_at = "cancelled", utcnow()
+
+
+def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions: dict[str, int],
+           stamp: str, language: str, evidence: ledger.Evidence | None = None) -> Outcome:
+    """Apply the withdrawals at once and turn everything else into one pending change."""
+    page = page_for(contact)
+    if stamp != page.stamp():
+        raise StaleForm(page, submitted)
+    offered = set(page.current()) | {(CONSENT, c.definition.slug) for c in page.consents}
+    # Only what this page offers can change; anything else in the form is ignored.
+    items = diff(page, {key: value for key, value in submitted.items() if key in offered},
+                 versions)
+    withdrawn = [item for item in items if item.is_withdrawal]
+    grants = [item for item in items if not item.is_withdrawal]
+    outcome = Outcome(withdrawn=withdrawn, pending=None, undo=None)
+    if withdrawn:
+        # A "no" to a consent never asked is recorded as a refusal; there is nothing to undo.
+        current = page.current()
+        restorable = [item for item in withdrawn if current.get((item.kind, item.ref))]
+        undo_url = None
+        if restorable:
+            outcome.undo = Undo(contact_id=contact.id, language=language,
+                                items=[_inverse(page, item).as_dict() for item in restorable])
+            db.session.add(outcome.undo)
+            db.session.flush()
+            token = make_token("undo", contact, u=outcome.undo.public_id)
+            undo_url = public_url(f"/u/{token}")
+        reference = f"undo:{outcome.undo.public_id}" if outcome.undo else "page"
+        for item in withdrawn:
+            _apply(contact, page, item, method="page", evidence_ref=reference,
+                   evidence=evidence, language=language)
+        _cancel_pending_grants(contact, withdrawn)
+        _send(contact, "withdrawn", _l("Your choices were saved"), language,
+              items=describe(page, withdrawn), undo_url=undo_url)
+    if grants:
+        pending = PendingChange(contact_id=contact.id, items=[item.as_dict() for item in grants],
+                                rule_version=page.rule_version, language=language)
+        db.session.add(pending)
+        db.session.flush()
+        outcome.pending = pending
+        _send(contact, "confirm", _l("Please confirm your choices"), language,
+              items=describe(page, grants),
+              confirm_url=public_url(f"/c/{make_token('confirm', contact, p=pending.public_id)}"))
+    return outcome
+
+
+def describe(page: Page, items: list[Item]) -> list[str]:
+    """Return each change in plain words, as the contact will read it."""
+    lines = []
+    for item in items:
+        if item.kind == LIST:
+            mailing_list = page.mailing_list(item.ref)
+            name = mailing_list.name if mailing_list else item.ref
+            lines.append(_("Subscribe to %(name)s", name=name) if item.value
+                         else _("Unsubscribe from %(name)s", name=name))
+        elif item.kind == MARKETING:
+            lines.append(_("Receive marketing email again") if item.value
+                         else _("Stop all marketing email"))
+        elif item.kind == CONSENT:
+            choice = page.consent(item.ref)
+            title = choice.version.title if choice else item.ref
+            lines.append(_("Give consent: %(title)s", title=title) if item.value
+                         else _("Withdraw consent: %(title)s", title=title))
+        elif item.kind == RESTRICTION:
+            lines.append(_("Stop all processing of my data"))
+        elif item.kind == ERASURE:
+            lines.append(_("Erase my personal data"))
+    return lines
+
+
+def _claim(model, public_id: str, contact: Contact, open_status: str, new_status: str,
+           stamp_column: str) -> bool:
+    """Move one row from its open status, atomically; True only for the request that did."""
+    result = db.session.execute(
+        sa.update(model)
+        .where(model.public_id == public_id, model.contact_id == contact.id,
+               model.status == open_status)
+        .values(status=new_status, **{stamp_column: utcnow()})
+    )
+    return result.rowcount == 1
+
+
+def confirm(contact: Contact, public_id: str, *,
+            evidence: ledger.Evidence | None = None) -> tuple[str, PendingChange | None]:
+    """Apply a pending change once; return ("applied" | its current status | "unknown", row)."""
+    change = db.session.scalar(
+        sa.select(PendingChange).where(PendingChange.public_id == public_id,
+                                       PendingChange.contact_id == contact.id)
+    )
+    if change is None:
+        return "unknown", None
+    if not _claim(PendingChange, public_id, contact, "pending", "applied", "decided_at"):
+        db.session.refresh(change)
+        return change.status, change
+    db.session.refresh(change)
+    page = page_for(contact)
+    items = change.changes()
+    lines = describe(page, items)
+    for item in items:
+        _apply(contact, page, item, method="page+email", evidence_ref=f"pending:{public_id}",
+               evidence=evidence, language=change.language)
+    # A newer confirmed change supersedes the older ones still waiting.
+    db.session.execute(
+        sa.update(PendingChange)
+        .where(PendingChange.contact_id == contact.id, PendingChange.status == "pending",
+               PendingChange.id < change.id)
+        .values(status="superseded", decided_at=utcnow())
+    )
+    _send(contact, "receipt", _l("Your changes are confirmed"), change.language, items=lines)
+    return "applied", change
+
+
+def undo(contact: Contact, public_id: str, *,
+         evidence: ledger.Evidence | None = None) -> tuple[str, Undo | None]:
+    """Restore what a withdrawal took away, once; return ("applied" | "used" | "unknown", row)."""
+    record = db.session.scalar(
+        sa.select(Undo).where(Undo.public_id == public_id, Undo.contact_id == contact.id)
+    )
+    if record is None:
+        return "unknown", None
+    if not _claim(Undo, public_id, contact, "open", "used", "used_at"):
+        return "used", record
+    db.session.refresh(record)
+    page = page_for(contact)
+    items = record.changes()
+    lines = describe(page, items)
+    for item in items:
+        _apply(contact, page, item, method="undo+email", evidence_ref=f"undo:{public_id}",
+               evidence=evidence, language=record.language)
+    _send(contact, "receipt", _l("Your changes are confirmed"), record.language, items=lines)
+    return "applied", record
+
+
+def pending_of(contact: Contact, public_id: str) -> PendingChange | None:
+    """Return a contact's pending change by its public id."""
+    return db.session.scalar(
+        sa.select(PendingChange).where(PendingChange.public_id == public_id,
+                                       PendingChange.contact_id == contact.id)
+    )
+
+
+def undo_of(contact: Contact, public_id: str) -> Undo | None:
+    """Return a contact's undo record by its public id."""
+    return db.session.scalar(
+        sa.select(Undo).where(Undo.public_id == public_id, Undo.contact_id == contact.id)
+    )
