@@ -162,8 +162,8 @@ def test_preference_page_shows_its_sections(page, server_url, live_app):
     assert response.status == 200
     assert elsewhere(requests, server_url) == []
     assert page.get_by_role("heading", level=1).inner_text() == "Your privacy preferences"
-    assert page.get_by_role("region").count() == 3
-    for name in ("Email", "How we use your data", "Your consents"):
+    assert page.get_by_role("region").count() == 4
+    for name in ("Email", "How we use your data", "Your consents", "Your rights"):
         assert page.get_by_role("region", name=name).is_visible()
 
 
