@@ -209,6 +209,42 @@ def _cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
                 change.status, change.decided_at = "cancelled", utcnow()
 
 
+def withdraw(contact: Contact, page: Page, withdrawn: list[Item], *, language: str,
+             evidence: ledger.Evidence | None = None) -> Undo | None:
+    """Apply withdrawals now, cancel pending grants of the same items, and mail a notice with
+    an undo link; return the undo record (None when there is nothing to restore)."""
+    # A "no" to a consent never asked is recorded as a refusal; there is nothing to undo.
+    current = page.current()
+    restorable = [item for item in withdrawn if current.get((item.kind, item.ref))]
+    record, undo_url = None, None
+    if restorable:
+        record = Undo(contact_id=contact.id, language=language,
+                      items=[_inverse(page, item).as_dict() for item in restorable])
+        db.session.add(record)
+        db.session.flush()
+        undo_url = public_url(f"/u/{make_token('undo', contact, u=record.public_id)}")
+    reference = f"undo:{record.public_id}" if record else "page"
+    lines = describe(page, withdrawn)
+    for item in withdrawn:
+        _apply(contact, page, item, method="page", evidence_ref=reference, evidence=evidence,
+               language=language)
+    _cancel_pending_grants(contact, withdrawn)
+    _send(contact, "withdrawn", _l("Your choices were saved"), language, items=lines,
+          undo_url=undo_url)
+    return record
+
+
+def leave_list(contact: Contact, slug: str, *, language: str,
+               evidence: ledger.Evidence | None = None) -> Undo | None:
+    """Leave one list at once (the unsubscribe landing, N5); None if not on it."""
+    page = page_for(contact)
+    mailing_list = page.mailing_list(slug)
+    if mailing_list is None or mailing_list.id not in page.subscribed:
+        return None
+    return withdraw(contact, page, [Item(LIST, slug, False)], language=language,
+                    evidence=evidence)
+
+
 def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions: dict[str, int],
            stamp: str, language: str, evidence: ledger.Evidence | None = None) -> Outcome:
     """Apply the withdrawals at once and turn everything else into one pending change."""
@@ -223,24 +259,7 @@ def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions
     grants = [item for item in items if not item.is_withdrawal]
     outcome = Outcome(withdrawn=withdrawn, pending=None, undo=None)
     if withdrawn:
-        # A "no" to a consent never asked is recorded as a refusal; there is nothing to undo.
-        current = page.current()
-        restorable = [item for item in withdrawn if current.get((item.kind, item.ref))]
-        undo_url = None
-        if restorable:
-            outcome.undo = Undo(contact_id=contact.id, language=language,
-                                items=[_inverse(page, item).as_dict() for item in restorable])
-            db.session.add(outcome.undo)
-            db.session.flush()
-            token = make_token("undo", contact, u=outcome.undo.public_id)
-            undo_url = public_url(f"/u/{token}")
-        reference = f"undo:{outcome.undo.public_id}" if outcome.undo else "page"
-        for item in withdrawn:
-            _apply(contact, page, item, method="page", evidence_ref=reference,
-                   evidence=evidence, language=language)
-        _cancel_pending_grants(contact, withdrawn)
-        _send(contact, "withdrawn", _l("Your choices were saved"), language,
-              items=describe(page, withdrawn), undo_url=undo_url)
+        outcome.undo = withdraw(contact, page, withdrawn, language=language, evidence=evidence)
     if grants:
         pending = PendingChange(contact_id=contact.id, items=[item.as_dict() for item in grants],
                                 rule_version=page.rule_version, language=language)

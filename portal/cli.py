@@ -5,12 +5,14 @@ Each command owns its transaction, and turns a domain error into one line and a 
 
 import json
 import sys
+from datetime import timedelta
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import IntegrityError
 
+from portal import consent
 from portal import contacts
 from portal import demo
 from portal import gate
@@ -152,9 +154,25 @@ def demo_command():
 
 def init_app(app) -> None:
     """Register the commands."""
-    for command in (contacts_cli, ledger_cli, keys_cli, staff_cli, mail_cli, demo_command):
+    commands = (contacts_cli, ledger_cli, keys_cli, staff_cli, mail_cli, consent_cli, demo_command)
+    for command in commands:
         app.cli.add_command(command)
     workers.init_app(app)
+
+
+consent_cli = AppGroup("consent", help="Scheduled consent housekeeping.")
+
+
+@consent_cli.command("purge")
+def purge_command():
+    """Destroy sensitive values whose storage consent was withdrawn past the undo window."""
+    destroyed = consent.purge_withdrawn_values(undo_window())
+    db.session.commit()
+    click.echo(f"destroyed {destroyed} value(s)")
+
+
+def undo_window() -> timedelta:
+    return timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
 
 
 staff_cli = AppGroup("staff", help="Manage back-office accounts.")

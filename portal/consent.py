@@ -1,6 +1,7 @@
 """Consents: their definitions, their immutable text versions, and each contact's state."""
 
 from datetime import datetime
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
@@ -10,6 +11,7 @@ from sqlalchemy.orm import relationship
 from portal import ledger
 from portal.contacts import Contact
 from portal.contacts import FieldDefinition
+from portal.contacts import FieldValue
 from portal.crypto import sha256_hex
 from portal.db import db
 from portal.db import utcnow
@@ -219,3 +221,38 @@ def states_of(contact: Contact) -> list[ConsentState]:
         .order_by(ConsentState.consent_id)
     )
     return list(db.session.scalars(statement))
+
+
+def storage_revoked(contact: Contact, field: FieldDefinition) -> bool:
+    """Say whether the contact revoked a storage consent covering this field."""
+    statement = (
+        sa.select(ConsentState.state)
+        .join(ConsentDefinition, ConsentDefinition.id == ConsentState.consent_id)
+        .where(ConsentState.contact_id == contact.id, ConsentDefinition.kind == "storage",
+               ConsentDefinition.field_id == field.id, ConsentState.state == "revoked")
+    )
+    return db.session.scalar(statement.limit(1)) is not None
+
+
+def purge_withdrawn_values(undo_window: timedelta, now: datetime | None = None) -> int:
+    """Destroy sensitive values whose storage consent was revoked longer ago than the undo
+    window (P5), each with a ledger event; return how many values were destroyed."""
+    cutoff = (now or utcnow()) - undo_window
+    statement = (
+        sa.select(FieldValue, ConsentState)
+        .join(ConsentDefinition, ConsentDefinition.field_id == FieldValue.field_id)
+        .join(ConsentState, sa.and_(ConsentState.consent_id == ConsentDefinition.id,
+                                    ConsentState.contact_id == FieldValue.contact_id))
+        .where(ConsentDefinition.kind == "storage", ConsentState.state == "revoked",
+               ConsentState.changed_at <= cutoff, FieldValue.ciphertext.is_not(None))
+    )
+    destroyed = 0
+    for value, state in db.session.execute(statement).all():
+        ledger.append(contact_ref=value.contact.public_id, subject_type="erasure",
+                      subject_ref=value.field.name, action="value_destroyed", method="system",
+                      actor="system", evidence_ref=f"consent-event:{state.event_id}",
+                      legal_basis="gdpr-art-7-3")
+        db.session.delete(value)
+        destroyed += 1
+    db.session.flush()
+    return destroyed

@@ -211,6 +211,8 @@ def set_field_value(contact: Contact, definition: FieldDefinition, value: str | 
         raise ContactError(f"{definition.name} is a built-in field")
     if contact.processing_stopped_at is not None:
         raise ContactError("processing of this contact's data is stopped; the record is locked")
+    if definition.sensitive and value and storage_withdrawn(contact, definition):
+        raise ContactError(f"{definition.label}: the contact withdrew consent to store it")
     # A value added earlier in this transaction has no field_id until the session flushes.
     current = next(
         (
@@ -235,11 +237,21 @@ def set_field_value(contact: Contact, definition: FieldDefinition, value: str | 
         current.value = value
 
 
+def storage_withdrawn(contact: Contact, definition: FieldDefinition) -> bool:
+    """Say whether the contact withdrew the consent to store this sensitive field (P5)."""
+    # Consents build on contacts, so the tables are reached through the consent module here.
+    from portal.consent import storage_revoked
+
+    return storage_revoked(contact, definition)
+
+
 def field_value(contact: Contact, name: str, *, reveal: bool = False) -> str | None:
     """Return a custom field's value: masked for a sensitive field unless revealing."""
     current = next((v for v in contact.values if v.field.name == name), None)
     if current is None:
         return None
+    if current.ciphertext is not None and storage_withdrawn(contact, current.field):
+        return None  # locked from the moment the consent is withdrawn (P5)
     if current.ciphertext is None:
         return current.value
     if not reveal:

@@ -10,11 +10,23 @@ from flask_babel import lazy_gettext as _l
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError
+from limits import parse
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 limiter = Limiter(key_func=get_remote_address)
+
+
+def quietly_allowed(limit: str, *identifiers: str) -> bool:
+    """Count one attempt against a limit and say whether it is within it, without a 429.
+
+    For answers that must read the same whether or not they were limited (SECURITY.md 12).
+    Counts live in the limiter's storage, so they are shared across workers with Redis.
+    """
+    if not limiter.enabled:
+        return True
+    return limiter.limiter.hit(parse(limit), "quiet", *identifiers)
 
 # No inline script or style anywhere: htmx is told not to inject its indicator styles.
 CONTENT_SECURITY_POLICY = (

@@ -7,11 +7,13 @@ workers (and, in the demo, the mailbox) in-process: started once, in the reloade
 
 import os
 import threading
+from datetime import timedelta
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from portal import consent
 from portal import jobs
 from portal import mailbox
 from portal import outbox
@@ -96,6 +98,15 @@ def _in_thread(app, name: str, target, stop: threading.Event) -> threading.Threa
     return thread
 
 
+def housekeeping(*, stop: threading.Event, every_seconds: float = 60.0) -> None:
+    """Run the scheduled housekeeping until stopped (in production: cron runs the commands)."""
+    window = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
+    while not stop.is_set():
+        consent.purge_withdrawn_values(window)
+        db.session.commit()
+        stop.wait(every_seconds)
+
+
 def start_background(app) -> threading.Event:
     """Start the in-process workers (and the demo mailbox); return the event that stops them."""
     stop = threading.Event()
@@ -103,6 +114,7 @@ def start_background(app) -> threading.Event:
         mailbox.start_server(app)
     _in_thread(app, "outbox-worker", outbox.work, stop)
     _in_thread(app, "job-worker", jobs.work, stop)
+    _in_thread(app, "housekeeping", housekeeping, stop)
     return stop
 
 

@@ -155,6 +155,19 @@ def save(token: str):
     return redirect(url_for("preferences.manage", token=token), code=303)
 
 
+@bp.post("/p/<token>/leave/<slug>")
+def leave(token: str, slug: str):
+    """Leave one mailing list at once: the unsubscribe link's one button (N5)."""
+    contact, _payload = _contact_from("manage", token)
+    record = changes.leave_list(contact, slug, language=str(get_locale()), evidence=_evidence())
+    db.session.commit()
+    if record is not None:
+        flash(_("You left the list. We sent you an email with a link to undo it."))
+    else:
+        flash(_("You are not on that list."))
+    return redirect(url_for("preferences.manage", token=token), code=303)
+
+
 @bp.get("/c/<token>")
 def confirm_page(token: str):
     """Show exactly what a confirmation will change, with one button."""
@@ -205,3 +218,7 @@ def undo(token: str):
 
 def _manage_token(contact) -> str:
     return make_token("manage", contact)
+
+
+# The way back in registers its views on the same blueprint.
+from portal.preferences import fresh_link  # noqa: E402,F401
