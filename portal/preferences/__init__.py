@@ -19,6 +19,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from portal import changes
+from portal import htmx
 from portal.choices import CONSENT
 from portal.choices import ERASURE
 from portal.choices import LIST
@@ -112,25 +113,27 @@ def front():
     return render_template("preferences/front.html")
 
 
-def _render_manage(token: str, page, **extra):
+def _manage_context(token: str, page) -> dict:
     contact = page.contact
-    return render_template(
-        "preferences/manage.html", token=token, page=page, contact=contact,
-        opt_in_words=OPT_IN_WORDS[OptIn(contact.opt_in_status)],
-        highlight=request.args.get("list"), **extra,
-    )
+    return {"token": token, "page": page, "contact": contact,
+            "opt_in_words": OPT_IN_WORDS[OptIn(contact.opt_in_status)],
+            "highlight": request.args.get("list")}
 
 
 @bp.get("/p/<token>")
 def manage(token: str):
     """Show a contact their email options, the policy, their consents and their rights."""
     contact, _payload = _contact_from("manage", token)
-    return _render_manage(token, page_for(contact))
+    return render_template("preferences/manage.html", **_manage_context(token, page_for(contact)))
 
 
 @bp.post("/p/<token>")
 def save(token: str):
-    """Apply withdrawals at once and mail a confirmation link for everything else."""
+    """Apply withdrawals at once and mail a confirmation link for everything else.
+
+    Without JavaScript this ends in a redirect to the page; with htmx (a toggle saves the
+    form) it answers with the updated form.
+    """
     contact, _payload = _contact_from("manage", token)
     page = page_for(contact)
     choices, versions = _submitted(page)
@@ -140,18 +143,24 @@ def save(token: str):
                                  language=str(get_locale()), evidence=_evidence())
     except changes.StaleForm as stale:
         db.session.rollback()
-        return render_template(
-            "preferences/stale.html", token=token, page=stale.page,
-            wanted=changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {})),
-        )
+        wanted = changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {}))
+        return htmx.render("preferences/stale.html", "preferences/_stale.html", token=token,
+                           page=stale.page, wanted=wanted)
     db.session.commit()
+    messages = []
     if outcome.withdrawn:
-        flash(_("Your changes are saved. We sent you an email with a link to undo them."))
+        messages.append(_("Your changes are saved. We sent you an email with a link to undo "
+                          "them."))
     if outcome.pending:
-        flash(_("Check your inbox: we sent a link to confirm the rest of your changes. "
-                "Nothing else changes until you use it."))
-    if not outcome.withdrawn and not outcome.pending:
-        flash(_("Nothing changed."))
+        messages.append(_("Check your inbox: we sent a link to confirm the rest of your "
+                          "changes. Nothing else changes until you use it."))
+    if not messages:
+        messages.append(_("Nothing changed."))
+    if htmx.wants_fragment():
+        return htmx.render("preferences/manage.html", "preferences/_form.html",
+                           messages=messages, **_manage_context(token, page_for(contact)))
+    for message in messages:
+        flash(message)
     return redirect(url_for("preferences.manage", token=token), code=303)
 
 
