@@ -50,6 +50,9 @@ class Config:
     PORTAL_LEDGER_KEYS: dict | None = None
     PORTAL_SUPPRESSION_KEYS: dict | None = None
     PORTAL_UNSUBSCRIBE_KEYS: dict | None = None
+    # How long a web process reuses settings, lists and consent texts before reading them
+    # again: staff changes show on contacts' pages within this many seconds.
+    PORTAL_CATALOGUE_SECONDS = 5
     # Maximum age of signed links, in seconds, per purpose.
     PORTAL_LINK_MAX_AGE = {
         "manage": 30 * 24 * 3600,

@@ -178,7 +178,7 @@ def _inverse(page: Page, item: Item) -> Item:
     """Return the item that restores what a withdrawal changed."""
     if item.kind == CONSENT:
         choice = page.consent(item.ref)
-        version = choice.state.version.number if choice and choice.state else item.version
+        version = choice.state.version_number if choice and choice.state else item.version
         return Item(CONSENT, item.ref, True, version)
     return Item(item.kind, item.ref, True)
 

@@ -6,10 +6,13 @@ Outside the page's audience, or while the page is disabled, it offers the email 
 """
 
 import hashlib
+import time
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import datetime
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import selectinload
 
 from portal import rules
@@ -19,6 +22,7 @@ from portal.consent import ConsentState
 from portal.consent import ConsentVersion
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
+from portal.contacts import FieldDefinition
 from portal.contacts import OptIn
 from portal.db import canonical_json
 from portal.db import db
@@ -32,10 +36,118 @@ LIST, MARKETING, CONSENT, RESTRICTION, ERASURE = (
 
 
 @dataclass(frozen=True)
+class ListInfo:
+    id: int
+    slug: str
+    name: str
+    description: str
+    public: bool
+
+
+@dataclass(frozen=True)
+class DefinitionInfo:
+    id: int
+    slug: str
+    kind: str
+    field_id: int | None
+    display_condition: dict | None
+    default_selected: bool
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: int
+    number: int
+    title: str
+    text: str
+    text_sha256: str
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What rules need to know of a field definition."""
+
+    id: int
+    name: str
+    builtin: bool
+    personal: bool
+    sensitive: bool
+    value_type: str
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What every contact's page is built from and what changes only when staff edit it."""
+
+    rule_version: int
+    settings: dict
+    lists: tuple[ListInfo, ...]
+    consents: tuple[tuple[DefinitionInfo, VersionInfo], ...]
+    fields: dict[str, FieldInfo]
+
+
+def catalogue() -> Catalogue:
+    """Return the catalogue, read again at most every PORTAL_CATALOGUE_SECONDS seconds.
+
+    Settings, lists and consent texts are the same for every contact's page, so a busy
+    portal reads them once in a while instead of on every request.
+    """
+    ttl = current_app.config["PORTAL_CATALOGUE_SECONDS"]
+    now = time.monotonic()
+    # Kept per application: one process may hold several (the tests do).
+    cached = current_app.extensions.setdefault("portal_catalogue", {"at": 0.0, "value": None})
+    if cached["value"] is None or now - cached["at"] >= ttl:
+        cached.update(at=now, value=_read_catalogue())
+    return cached["value"]
+
+
+def forget_catalogue() -> None:
+    """Make the next page read the catalogue afresh (after staff change it, say)."""
+    current_app.extensions.pop("portal_catalogue", None)
+
+
+def _read_catalogue() -> Catalogue:
+    latest = settings.current()
+    lists = tuple(
+        ListInfo(item.id, item.slug, item.name, item.description, item.public)
+        for item in db.session.scalars(sa.select(MailingList).order_by(MailingList.name))
+    )
+    definitions = db.session.scalars(
+        sa.select(ConsentDefinition)
+        .where(ConsentDefinition.retired_at.is_(None))
+        .options(selectinload(ConsentDefinition.versions))
+        .order_by(ConsentDefinition.id)
+    ).all()
+    consents = tuple(
+        (
+            DefinitionInfo(d.id, d.slug, d.kind, d.field_id, d.display_condition,
+                           d.default_selected),
+            VersionInfo(v.id, v.number, v.title, v.text, v.text_sha256),
+        )
+        for d in definitions
+        for v in [d.current_version]
+    )
+    fields = {
+        f.name: FieldInfo(f.id, f.name, f.builtin, f.personal, f.sensitive, f.value_type)
+        for f in db.session.scalars(sa.select(FieldDefinition))
+    }
+    values = {**settings.DEFAULTS, **(latest.data if latest else {})}
+    return Catalogue(rule_version=latest.version if latest else 0, settings=values,
+                     lists=lists, consents=consents, fields=fields)
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    state: str
+    version_number: int
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
 class ConsentChoice:
-    definition: ConsentDefinition
-    version: ConsentVersion
-    state: ConsentState | None
+    definition: DefinitionInfo
+    version: VersionInfo
+    state: StateInfo | None
 
     @property
     def granted(self) -> bool:
@@ -51,13 +163,13 @@ class ConsentChoice:
 
 @dataclass
 class Page:
-    """Everything one contact's page shows, read with a handful of queries."""
+    """Everything one contact's page shows."""
 
     contact: Contact
     full: bool
     rule_version: int
     policy_html: str
-    lists: list[MailingList] = field(default_factory=list)
+    lists: list[ListInfo] = field(default_factory=list)
     subscribed: set[int] = field(default_factory=set)
     consents: list[ConsentChoice] = field(default_factory=list)
 
@@ -86,42 +198,40 @@ class Page:
     def consent(self, slug: str) -> ConsentChoice | None:
         return next((c for c in self.consents if c.definition.slug == slug), None)
 
-    def mailing_list(self, slug: str) -> MailingList | None:
+    def mailing_list(self, slug: str) -> ListInfo | None:
         return next((item for item in self.lists if item.slug == slug), None)
 
 
 def page_for(contact: Contact) -> Page:
-    """Return what this contact's page offers and where each choice stands."""
-    latest = settings.current()
-    values = settings.values()
-    full = bool(values["page_enabled"]) and rules.matches(values["audience_rule"], contact)
-    page = Page(contact=contact, full=full, rule_version=latest.version if latest else 0,
+    """Return what this contact's page offers and where each choice stands.
+
+    Beyond the cached catalogue it reads the subscriptions, the consent states and (only when
+    a rule looks at a custom field) the contact's field values: three queries at most.
+    """
+    known = catalogue()
+    values = known.settings
+    full = bool(values["page_enabled"]) and rules.matches(
+        values["audience_rule"], contact, fields=known.fields
+    )
+    page = Page(contact=contact, full=full, rule_version=known.rule_version,
                 policy_html=values["policy_html"] if full else "")
-    subscriptions = db.session.scalars(
-        sa.select(Subscription).where(Subscription.contact_id == contact.id)
-    ).all()
-    page.subscribed = {s.list_id for s in subscriptions if s.status == "subscribed"}
-    page.lists = list(db.session.scalars(
-        sa.select(MailingList)
-        .where(sa.or_(MailingList.public.is_(True), MailingList.id.in_(page.subscribed)))
-        .order_by(MailingList.name)
+    page.subscribed = set(db.session.scalars(
+        sa.select(Subscription.list_id).where(Subscription.contact_id == contact.id,
+                                              Subscription.status == "subscribed")
     ))
+    page.lists = [item for item in known.lists if item.public or item.id in page.subscribed]
     if not full:
         return page
     states = {
-        state.consent_id: state
-        for state in db.session.scalars(
-            sa.select(ConsentState).where(ConsentState.contact_id == contact.id)
+        consent_id: StateInfo(state, number, changed_at)
+        for consent_id, state, number, changed_at in db.session.execute(
+            sa.select(ConsentState.consent_id, ConsentState.state, ConsentVersion.number,
+                      ConsentState.changed_at)
+            .join(ConsentVersion, ConsentVersion.id == ConsentState.version_id)
+            .where(ConsentState.contact_id == contact.id)
         )
     }
-    definitions = db.session.scalars(
-        sa.select(ConsentDefinition)
-        .where(ConsentDefinition.retired_at.is_(None))
-        .options(selectinload(ConsentDefinition.versions), selectinload(ConsentDefinition.field))
-        .order_by(ConsentDefinition.id)
-    ).all()
-    for definition in definitions:
-        if rules.matches(definition.display_condition, contact):
-            page.consents.append(ConsentChoice(definition, definition.current_version,
-                                               states.get(definition.id)))
+    for definition, version in known.consents:
+        if rules.matches(definition.display_condition, contact, fields=known.fields):
+            page.consents.append(ConsentChoice(definition, version, states.get(definition.id)))
     return page

@@ -41,6 +41,8 @@ def make_config(database_uri: str, **overrides) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_uri,
         "PORTAL_BASE_URL": "https://prefs.example.test",
         "MAIL_SUPPRESS_SEND": False,
+        # Every test sees its own lists and consents at once.
+        "PORTAL_CATALOGUE_SECONDS": 0,
         **TEST_KEYS,
     }
     config.update(overrides)
