@@ -35,7 +35,7 @@ class Config:
     # Languages (Flask-Babel). The contact-facing pages speak these.
     BABEL_DEFAULT_LOCALE = "en"
     BABEL_DEFAULT_TIMEZONE = "UTC"
-    PORTAL_LANGUAGES = ["en", "de"]
+    PORTAL_LANGUAGES = ["en", "de", "fr", "ja"]
 
     # The portal's own settings.
     # Public base URL every emailed link is built from, never the request's Host header.

@@ -189,6 +189,17 @@ class Page:
             state[(ERASURE, "")] = self.contact.erasure_requested_at is not None
         return state
 
+    def positions(self, wanted: dict[tuple[str, str], bool] | None = None) -> dict:
+        """Return how each control is set: as the contact asked (after a form had to be sent
+        back), else as things stand, a consent's default only pre-positioning it (P3)."""
+        positions = {(LIST, item.slug): item.id in self.subscribed for item in self.lists}
+        positions[(MARKETING, "")] = self.contact.opt_in_status not in OPT_OUTS
+        for choice in self.consents:
+            positions[(CONSENT, choice.definition.slug)] = choice.preselected
+        positions.update({key: value for key, value in (wanted or {}).items()
+                          if key in positions or key[0] in (RESTRICTION, ERASURE)})
+        return positions
+
     def stamp(self) -> str:
         """Return a short digest of the current choices: a form posted from an older page
         carries another stamp, so a stale form is never applied silently."""

@@ -17,8 +17,10 @@ from flask import url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_wtf.csrf import CSRFError
 
 from portal import changes
+from portal import csrf
 from portal import htmx
 from portal.choices import CONSENT
 from portal.choices import ERASURE
@@ -113,9 +115,10 @@ def front():
     return render_template("preferences/front.html")
 
 
-def _manage_context(token: str, page) -> dict:
+def _manage_context(token: str, page, wanted: dict | None = None) -> dict:
     contact = page.contact
     return {"token": token, "page": page, "contact": contact,
+            "positions": page.positions(wanted),
             "opt_in_words": OPT_IN_WORDS[OptIn(contact.opt_in_status)],
             "highlight": request.args.get("list")}
 
@@ -128,6 +131,7 @@ def manage(token: str):
 
 
 @bp.post("/p/<token>")
+@csrf.exempt  # checked inside, to keep the contact's choices when the form has expired
 def save(token: str):
     """Apply withdrawals at once and mail a confirmation link for everything else.
 
@@ -137,6 +141,16 @@ def save(token: str):
     contact, _payload = _contact_from("manage", token)
     page = page_for(contact)
     choices, versions = _submitted(page)
+    try:
+        csrf.protect()
+    except CSRFError:
+        # An expired form or a rotated key: show the page again with the contact's choices
+        # still set, so nothing they chose is lost.
+        context = _manage_context(token, page, wanted=choices)
+        note = [_("Please review and resubmit: this form had expired, so nothing was saved "
+                  "yet. Your choices are still set below.")]
+        return htmx.render("preferences/manage.html", "preferences/_form.html",
+                           messages=note, **context)
     try:
         outcome = changes.submit(contact, choices, versions=versions,
                                  stamp=request.form.get("stamp", ""),
