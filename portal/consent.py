@@ -9,6 +9,7 @@ from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
 from portal import ledger
+from portal import rules
 from portal.contacts import Contact
 from portal.contacts import FieldDefinition
 from portal.contacts import FieldValue
@@ -124,6 +125,7 @@ def define(
         raise ConsentError(f"kind must be one of {', '.join(KINDS)}")
     if kind == "storage" and (field is None or not field.sensitive):
         raise ConsentError("a storage consent names a sensitive field")
+    display_condition = rules.validate(display_condition)
     if db.session.scalar(sa.select(ConsentDefinition.id).where(ConsentDefinition.slug == slug)):
         raise ConsentError(f"a consent named {slug!r} already exists")
     definition = ConsentDefinition(

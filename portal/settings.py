@@ -10,12 +10,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from portal import rules
 from portal.db import db
 from portal.db import utcnow
 
 # Staff-authored HTML is untrusted (SECURITY.md 13): only these tags survive.
 ALLOWED_TAGS = {"p", "br", "strong", "em", "ul", "ol", "li", "a", "h2", "h3"}
 HTML_SETTINGS = ("footer_html", "policy_html")
+RULE_SETTINGS = ("audience_rule", "notification_rule")
 
 CAMPAIGN_POLICIES = ("double", "double_single_user", "double_single_user_single_webform")
 
@@ -83,10 +85,17 @@ def save(changes: dict, *, based_on: int, author: str, note: str = "") -> Settin
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
     if changes.get("campaign_policy", "double") not in CAMPAIGN_POLICIES:
         raise ValueError("campaign_policy must be one of " + ", ".join(CAMPAIGN_POLICIES))
-    changes = {
-        name: sanitize_html(value) if name in HTML_SETTINGS else value
-        for name, value in changes.items()
-    }
+
+    def cleaned(name, value):
+        if name in HTML_SETTINGS:
+            return sanitize_html(value)
+        if name in RULE_SETTINGS:
+            # A rule naming an unknown field or a value of the wrong type is refused here
+            # (RuleError names it) and nothing is saved.
+            return rules.validate(value)
+        return value
+
+    changes = {name: cleaned(name, value) for name, value in changes.items()}
     latest = current()
     latest_number = latest.version if latest else 0
     if based_on != latest_number:

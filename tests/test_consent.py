@@ -176,3 +176,11 @@ def test_a_retired_consent_cannot_be_granted_but_can_be_revoked(contact, trackin
         contact, tracking.current_version, False, method="page", actor="contact"
     )
     assert state.state == "revoked"
+
+
+def test_a_display_condition_with_a_wrong_value_type_is_refused(app):
+    from portal.rules import RuleError
+
+    with pytest.raises(RuleError, match="region"):
+        consent.define("partners", "custom", "Partners", "Share with partners",
+                       display_condition={"field": "region", "op": "in", "value": "EU"})

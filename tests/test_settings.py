@@ -76,3 +76,12 @@ def test_a_recommended_or_wider_campaign_policy_is_accepted(app):
     for number, policy in enumerate(settings.CAMPAIGN_POLICIES):
         settings.save({"campaign_policy": policy}, based_on=number, author="ada")
         assert settings.values()["campaign_policy"] == policy
+
+
+def test_a_rule_naming_an_unknown_field_is_refused_with_the_field_named(app):
+    from portal.rules import RuleError
+
+    with pytest.raises(RuleError, match="salse_stage"):
+        settings.save({"audience_rule": {"field": "salse_stage", "op": "equals", "value": "x"}},
+                      based_on=0, author="t")
+    assert settings.current() is None
