@@ -142,8 +142,13 @@ def diff(page: Page, submitted: dict[tuple[str, str], bool],
 
 
 def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_ref: str,
-           evidence: ledger.Evidence | None, language: str) -> None:
-    """Apply one change, writing its ledger event in the current transaction."""
+           evidence: ledger.Evidence | None, language: str,
+           rule_version: int | None = None) -> None:
+    """Apply one change, writing its ledger event in the current transaction.
+
+    ``rule_version`` is the version of the rules that showed the choice (B2), when it was not
+    the page's current one (a change confirmed later).
+    """
     common = {"method": method, "actor": "contact", "evidence_ref": evidence_ref,
               "evidence": evidence}
     if item.kind == LIST:
@@ -153,7 +158,11 @@ def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_re
         if mailing_list is not None:
             lists.set_subscription(contact, mailing_list, item.value, **common)
     elif item.kind == MARKETING:
-        target = OptIn.DOUBLE if item.value else OptIn.OPTOUT_CONTACT
+        if not item.value:
+            target = OptIn.OPTOUT_CONTACT
+        else:
+            # An undo names the status to give back (its ref); a confirmed "yes" is double.
+            target = OptIn(item.ref) if item.ref else OptIn.DOUBLE
         if contact.opt_in_status != target:
             contacts.record_opt_in(contact, target, **common)
     elif item.kind == CONSENT:
@@ -167,11 +176,15 @@ def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_re
         if definition.retired_at is not None and item.value:
             return
         consent.decide(contact, version, item.value, language=language,
-                       rule_version=page.rule_version, **common)
+                       rule_version=page.rule_version if rule_version is None else rule_version,
+                       **common)
     elif item.kind == RESTRICTION and item.value:
         contacts.stop_processing(contact, **common)
-    elif item.kind == ERASURE and item.value:
+    elif item.kind == ERASURE and item.value and contact.erasure_requested_at is None:
         contacts.request_erasure(contact, **common)
+        # Every link issued before dies: an old undo or confirmation link must not bring back
+        # consents or subscriptions of someone who asked to be erased.
+        contact.link_version += 1
 
 
 def _inverse(page: Page, item: Item) -> Item:
@@ -180,6 +193,9 @@ def _inverse(page: Page, item: Item) -> Item:
         choice = page.consent(item.ref)
         version = choice.state.version_number if choice and choice.state else item.version
         return Item(CONSENT, item.ref, True, version)
+    if item.kind == MARKETING:
+        # Restore the status the contact had, not a double opt-in they never confirmed.
+        return Item(MARKETING, str(page.contact.opt_in_status), True)
     return Item(item.kind, item.ref, True)
 
 
@@ -210,7 +226,8 @@ def _cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
 
 
 def withdraw(contact: Contact, page: Page, withdrawn: list[Item], *, language: str,
-             evidence: ledger.Evidence | None = None) -> Undo | None:
+             evidence: ledger.Evidence | None = None,
+             rule_version: int | None = None) -> Undo | None:
     """Apply withdrawals now, cancel pending grants of the same items, and mail a notice with
     an undo link; return the undo record (None when there is nothing to restore)."""
     # A "no" to a consent never asked is recorded as a refusal; there is nothing to undo.
@@ -227,7 +244,7 @@ def withdraw(contact: Contact, page: Page, withdrawn: list[Item], *, language: s
     lines = describe(page, withdrawn)
     for item in withdrawn:
         _apply(contact, page, item, method="page", evidence_ref=reference, evidence=evidence,
-               language=language)
+               language=language, rule_version=rule_version)
     _cancel_pending_grants(contact, withdrawn)
     _send(contact, "withdrawn", _l("Your choices were saved"), language, items=lines,
           undo_url=undo_url)
@@ -246,23 +263,41 @@ def leave_list(contact: Contact, slug: str, *, language: str,
 
 
 def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions: dict[str, int],
-           stamp: str, language: str, evidence: ledger.Evidence | None = None) -> Outcome:
-    """Apply the withdrawals at once and turn everything else into one pending change."""
+           stamp: str, language: str, evidence: ledger.Evidence | None = None,
+           rule_version: int | None = None) -> Outcome:
+    """Apply the withdrawals at once and turn everything else into one pending change.
+
+    `rule_version` is the version of the rules that the page showed (it travels in the form
+    and is recorded with each decision, B2).
+    """
     page = page_for(contact)
     if stamp != page.stamp():
         raise StaleForm(page, submitted)
+    shown_rule_version = page.rule_version if rule_version is None else rule_version
     offered = set(page.current()) | {(CONSENT, c.definition.slug) for c in page.consents}
     # Only what this page offers can change; anything else in the form is ignored.
     items = diff(page, {key: value for key, value in submitted.items() if key in offered},
                  versions)
     withdrawn = [item for item in items if item.is_withdrawal]
-    grants = [item for item in items if not item.is_withdrawal]
+    # A grant already waiting for confirmation is not asked for again (a default-selected
+    # consent would otherwise send a new confirmation with every save).
+    waiting = {
+        (data["kind"], data["ref"], data["value"])
+        for change in db.session.scalars(
+            sa.select(PendingChange).where(PendingChange.contact_id == contact.id,
+                                           PendingChange.status == "pending")
+        )
+        for data in change.items
+    }
+    grants = [item for item in items if not item.is_withdrawal
+              and (item.kind, item.ref, item.value) not in waiting]
     outcome = Outcome(withdrawn=withdrawn, pending=None, undo=None)
     if withdrawn:
-        outcome.undo = withdraw(contact, page, withdrawn, language=language, evidence=evidence)
+        outcome.undo = withdraw(contact, page, withdrawn, language=language, evidence=evidence,
+                                rule_version=shown_rule_version)
     if grants:
         pending = PendingChange(contact_id=contact.id, items=[item.as_dict() for item in grants],
-                                rule_version=page.rule_version, language=language)
+                                rule_version=shown_rule_version, language=language)
         db.session.add(pending)
         db.session.flush()
         outcome.pending = pending
@@ -296,6 +331,25 @@ def describe(page: Page, items: list[Item]) -> list[str]:
     return lines
 
 
+def summary(page: Page) -> list[str]:
+    """Return where each choice on the page stands now, in plain words."""
+    lines = [
+        (_("Subscribed to %(name)s", name=item.name) if item.id in page.subscribed
+         else _("Not subscribed to %(name)s", name=item.name))
+        for item in page.lists
+    ]
+    lines.append(_("All marketing email stopped") if page.current()[(MARKETING, "")] is False
+                 else _("Marketing email allowed"))
+    for choice in page.consents:
+        if choice.state is None:
+            lines.append(_("Not asked yet: %(title)s", title=choice.version.title))
+        elif choice.granted:
+            lines.append(_("Consent given: %(title)s", title=choice.version.title))
+        else:
+            lines.append(_("Consent withdrawn: %(title)s", title=choice.version.title))
+    return lines
+
+
 def _claim(model, public_id: str, contact: Contact, open_status: str, new_status: str,
            stamp_column: str) -> bool:
     """Move one row from its open status, atomically; True only for the request that did."""
@@ -310,7 +364,11 @@ def _claim(model, public_id: str, contact: Contact, open_status: str, new_status
 
 def confirm(contact: Contact, public_id: str, *,
             evidence: ledger.Evidence | None = None) -> tuple[str, PendingChange | None]:
-    """Apply a pending change once; return ("applied" | its current status | "unknown", row)."""
+    """Apply a pending change once; return its outcome and the row.
+
+    The outcome is "applied", "already_applied" (by an earlier request), "superseded",
+    "cancelled" or "unknown".
+    """
     change = db.session.scalar(
         sa.select(PendingChange).where(PendingChange.public_id == public_id,
                                        PendingChange.contact_id == contact.id)
@@ -319,14 +377,14 @@ def confirm(contact: Contact, public_id: str, *,
         return "unknown", None
     if not _claim(PendingChange, public_id, contact, "pending", "applied", "decided_at"):
         db.session.refresh(change)
-        return change.status, change
+        return ("already_applied" if change.status == "applied" else change.status), change
     db.session.refresh(change)
     page = page_for(contact)
     items = change.changes()
     lines = describe(page, items)
     for item in items:
         _apply(contact, page, item, method="page+email", evidence_ref=f"pending:{public_id}",
-               evidence=evidence, language=change.language)
+               evidence=evidence, language=change.language, rule_version=change.rule_version)
     # A newer confirmed change supersedes the older ones still waiting.
     db.session.execute(
         sa.update(PendingChange)

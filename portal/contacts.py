@@ -374,7 +374,8 @@ def stop_processing(
     )
     if contact.opt_in_status != OptIn.OPTOUT_CONTACT:
         record_opt_in(
-            contact, OptIn.OPTOUT_CONTACT, method=method, actor=actor, evidence_ref=evidence_ref
+            contact, OptIn.OPTOUT_CONTACT, method=method, actor=actor, evidence_ref=evidence_ref,
+            evidence=evidence,
         )
 
 

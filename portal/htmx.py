@@ -15,7 +15,7 @@ def wants_fragment() -> bool:
     )
 
 
-def render(page: str, fragment: str, **context):
+def render(page: str, fragment: str, /, **context):
     """Render the fragment for htmx and the whole page otherwise; caches must tell them apart."""
     response = make_response(render_template(fragment if wants_fragment() else page, **context))
     response.vary.add("HX-Request")

@@ -109,6 +109,11 @@ def _submitted(page) -> tuple[dict, dict]:
     return choices, versions
 
 
+def _shown_rule_version() -> int | None:
+    shown = request.form.get("rule_version", "")
+    return int(shown) if shown.isdigit() else None
+
+
 @bp.get("/")
 def front():
     """Show what the portal is and how a contact reaches their own page."""
@@ -154,12 +159,13 @@ def save(token: str):
     try:
         outcome = changes.submit(contact, choices, versions=versions,
                                  stamp=request.form.get("stamp", ""),
-                                 language=str(get_locale()), evidence=_evidence())
+                                 language=str(get_locale()), evidence=_evidence(),
+                                 rule_version=_shown_rule_version())
     except changes.StaleForm as stale:
         db.session.rollback()
         wanted = changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {}))
         return htmx.render("preferences/stale.html", "preferences/_stale.html", token=token,
-                           page=stale.page, wanted=wanted)
+                           page=stale.page, wanted=wanted, now=changes.summary(stale.page))
     db.session.commit()
     messages = []
     if outcome.withdrawn:
