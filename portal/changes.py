@@ -413,7 +413,7 @@ def undo(contact: Contact, public_id: str, *,
     for item in items:
         _apply(contact, page, item, method="undo+email", evidence_ref=f"undo:{public_id}",
                evidence=evidence, language=record.language)
-    _send(contact, "receipt", _l("Your changes are confirmed"), record.language, items=lines)
+    _send(contact, "receipt", _l("Your changes are undone"), record.language, items=lines)
     return "applied", record
 
 

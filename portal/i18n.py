@@ -17,7 +17,14 @@ def select_locale() -> str:
     if contact_language in languages:
         return contact_language
     if has_request_context():
-        return request.accept_languages.best_match(languages) or "en"
+        # In the visitor's order of preference, by primary subtag: "ja-JP" means Japanese, and
+        # a first choice of "fr-CA" wins over a later plain "en" (Werkzeug's best_match would
+        # prefer the exact match further down the list).
+        ranked = sorted(request.accept_languages, key=lambda pair: -pair[1])
+        for tag, _quality in ranked:
+            primary = tag.split("-")[0].split("_")[0].lower()
+            if primary in languages:
+                return primary
     return "en"
 
 
@@ -29,5 +36,7 @@ def init_app(app) -> None:
             "current_locale": lambda: str(get_locale() or "en"),
             # How long a preference link lives, as told to contacts.
             "link_days": current_app.config["PORTAL_LINK_MAX_AGE"]["manage"] // 86400,
+            "confirm_hours": current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"] // 3600,
+            "undo_hours": current_app.config["PORTAL_LINK_MAX_AGE"]["undo"] // 3600,
         }
     )

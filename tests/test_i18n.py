@@ -89,11 +89,19 @@ def _problems(message) -> list[str]:
     return problems
 
 
+def _translated(language: str, english: str) -> str:
+    """Return a catalogue's translation of an English message (English itself for "en")."""
+    if language == "en":
+        return english
+    path = TRANSLATIONS / language / "LC_MESSAGES" / "messages.po"
+    translation = _read_po(path)[english].string
+    assert translation and translation != english, f"no {language} for {english!r}"
+    return translation
+
+
 def _german(english: str) -> str:
     """Return the German catalogue's translation of an English message."""
-    translation = _read_po(TRANSLATIONS / "de" / "LC_MESSAGES" / "messages.po")[english].string
-    assert translation and translation != english, f"no German for {english!r}"
-    return translation
+    return _translated("de", english)
 
 
 def test_every_configured_language_has_a_catalogue(app):
@@ -155,21 +163,27 @@ def test_compiled_catalogue_matches_its_source(path):
         (None, "en"),
         ("de", "de"),
         ("de-AT,de;q=0.9", "de"),
-        ("fr-FR,fr;q=0.9,de;q=0.8,en;q=0.5", "de"),
-        ("fr-FR,ja;q=0.8", "en"),
+        ("fr-FR,fr;q=0.9,de;q=0.8,en;q=0.5", "fr"),
+        ("fr-FR,ja;q=0.8", "fr"),
+        ("ja-JP,en;q=0.5", "ja"),
+        ("fr-CA,en;q=0.8", "fr"),
+        ("de-DE,en-US;q=0.7,en;q=0.3", "de"),
+        ("en;q=0.4,ja;q=0.9", "ja"),
+        ("es-ES,pt;q=0.8", "en"),
+        ("es-ES,pt;q=0.8,de;q=0.1", "de"),
     ],
 )
 def test_front_page_speaks_the_browsers_language(client, accept_language, language):
     headers = {"Accept-Language": accept_language} if accept_language else {}
     page = client.get("/", headers=headers).get_data(as_text=True)
     assert f'<html lang="{language}">' in page
-    heading = _german(FRONT_HEADING) if language == "de" else FRONT_HEADING
-    assert f"<h1>{heading}</h1>" in page
+    assert f"<h1>{_translated(language, FRONT_HEADING)}</h1>" in page
 
 
 @pytest.mark.parametrize(
     ("contact_language", "accept_language", "language"),
-    [("de", "en", "de"), ("en", "de", "en"), (None, "de", "de"), (None, "fr", "en")],
+    [("de", "en", "de"), ("en", "de", "en"), (None, "de", "de"), (None, "fr", "fr"),
+     ("ja", "de", "ja"), (None, "es", "en")],
 )
 def test_preference_page_speaks_the_contacts_language_first(
     client, contact_language, accept_language, language
@@ -188,5 +202,4 @@ def test_preference_page_speaks_the_contacts_language_first(
     page = response.get_data(as_text=True)
     assert response.status_code == 200
     assert f'<html lang="{language}">' in page
-    heading = _german(MANAGE_HEADING) if language == "de" else MANAGE_HEADING
-    assert f"<h1>{heading}</h1>" in page
+    assert f"<h1>{_translated(language, MANAGE_HEADING)}</h1>" in page

@@ -171,9 +171,12 @@ def save(token: str):
     if outcome.withdrawn:
         messages.append(_("Your changes are saved. We sent you an email with a link to undo "
                           "them."))
-    if outcome.pending:
+    if outcome.pending and outcome.withdrawn:
         messages.append(_("Check your inbox: we sent a link to confirm the rest of your "
                           "changes. Nothing else changes until you use it."))
+    elif outcome.pending:
+        messages.append(_("Check your inbox: we sent you a link to confirm your changes. "
+                          "Nothing changes until you use it."))
     if not messages:
         messages.append(_("Nothing changed."))
     if htmx.wants_fragment():
