@@ -43,7 +43,7 @@ EXPIRED_LINK = "This link has expired"
 CONFIRM_SUBJECT = "Please confirm your choices"
 NOTICE_SUBJECT = "Your choices were saved"
 RECEIPT_SUBJECT = "Your changes are confirmed"
-CHECK_INBOX = "Check your inbox: we sent a link to confirm the rest of your changes."
+CHECK_INBOX = "Check your inbox: we sent you a link to confirm your changes."
 
 
 # --- Reading pages and mail --------------------------------------------------------------------
