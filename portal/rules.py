@@ -1,8 +1,7 @@
 """Rules over contacts (P3, N3): one stored format, and two evaluators that always agree.
 
-A rule is JSON data, never code. ``None`` means everyone. Otherwise it is a condition or a
-group of rules, nested at most ``MAX_DEPTH`` groups deep with at most ``MAX_CONDITIONS``
-conditions in all::
+A rule is JSON data, never code. ``None`` means everyone; otherwise a condition, or a group
+nested at most ``MAX_DEPTH`` groups deep with at most ``MAX_CONDITIONS`` conditions in all::
 
     {"field": "region", "op": "equals", "value": "EU"}
     {"field": "sales_stage", "op": "in", "value": ["qualified", "ready to buy"]}
@@ -11,33 +10,26 @@ conditions in all::
     {"any": [rule, ...]}    at least one rule holds (or)
 
 A field is a built-in contact column (a field definition with ``builtin=True``) or a custom
-field. Operators and the values they take:
+field. ``equals``, ``not_equals`` and ``contains`` (substring) take one text value, ``in`` a
+non-empty list of them, ``is_empty`` and ``not_empty`` none. Field values are stored as text,
+so rule values are text too: a JSON number or boolean is refused, not guessed at (write
+``"5"``), and so is an empty value (``is_empty`` says that).
 
-- ``equals``, ``not_equals``, ``contains`` (substring): one non-empty text value;
-- ``in``: a non-empty list of non-empty text values;
-- ``is_empty``, ``not_empty``: no value.
-
-Every field value is stored as text, so rule values are text too: a JSON number or boolean is
-refused rather than guessed at (write ``"5"``). An empty value is refused as well; ``is_empty``
-says that.
-
-How values compare, the same in Python (``matches``) and in SQL (``where_clause``):
+Values compare the same way in Python (``matches``) and in SQL (``where_clause``):
 
 - A missing value is the empty string: a NULL column, a custom field with no value row, or a
-  row without a plain value. So a contact with no region is ``not_equals "EU"`` and
-  ``is_empty``; ``not_equals`` is exactly "not ``equals``", and ``is_empty`` "not ``not_empty``".
+  row without a plain value. So a contact with no region is ``is_empty`` and
+  ``not_equals "EU"``: each negation is exactly the opposite of ``not_empty`` or ``equals``.
 - Leading and trailing spaces (U+0020, not tabs or newlines) are ignored, on both sides.
-- The letters A-Z compare without regard to case; every other character compares exactly
-  (``"É"`` is not ``"é"``). SQLite's ``lower()`` folds A-Z only and PostgreSQL's follows the
-  locale, so the SQL side folds exactly A-Z on both and Python does the same.
-- ``contains`` is a plain substring test: ``%`` and ``_`` in a value are ordinary characters.
+- The letters A-Z compare regardless of case; every other character compares exactly
+  (``"É"`` is not ``"é"``), because SQLite's ``lower()`` folds A-Z only.
+- ``contains`` is a plain substring test: ``%`` and ``_`` are ordinary characters.
 
-Sensitive fields are refused outright. Their values are encrypted, and matching on their public
-(masked) characters would still let a rule probe them one character at a time; the evaluators
-never read ciphertext or masked characters.
-
-``validate`` runs when a rule is saved, and again inside both evaluators, so a rule that no
-longer holds (a field since marked sensitive) raises ``RuleError`` rather than matching wrongly.
+Sensitive fields are refused outright, the simpler safe choice: a rule could only see their
+masked characters, so ``equals`` on a card number would quietly never hold, and the
+evaluators never touch ciphertext or masks. ``validate`` runs when a rule is saved and again
+in both evaluators, so a rule that no longer holds (a field since marked sensitive) raises
+``RuleError`` rather than matching wrongly.
 """
 
 import difflib
@@ -82,9 +74,13 @@ def validate(rule: dict | None) -> dict | None:
     return _checked(rule)[0]
 
 
-def matches(rule: dict | None, contact: Contact) -> bool:
-    """Return whether one contact satisfies the rule."""
-    rule, fields = _checked(rule)
+def matches(rule: dict | None, contact: Contact, *, fields: dict | None = None) -> bool:
+    """Return whether one contact satisfies the rule.
+
+    ``fields`` (name -> field definition) spares the query for them: the preference page
+    passes the definitions it keeps cached.
+    """
+    rule, fields = _checked(rule, fields)
     return rule is None or _holds(rule, contact, fields)
 
 
@@ -94,10 +90,11 @@ def where_clause(rule: dict | None) -> sa.ColumnElement[bool]:
     return sa.true() if rule is None else _compile(rule, fields)
 
 
-def _checked(rule) -> tuple[dict | None, dict[str, FieldDefinition]]:
+def _checked(rule, fields: dict | None = None) -> tuple[dict | None, dict[str, FieldDefinition]]:
     if rule is None:
         return None, {}
-    fields = {field.name: field for field in db.session.scalars(sa.select(FieldDefinition))}
+    if fields is None:
+        fields = {field.name: field for field in db.session.scalars(sa.select(FieldDefinition))}
     conditions = 0
 
     def walk(node, depth: int) -> dict:
@@ -110,11 +107,10 @@ def _checked(rule) -> tuple[dict | None, dict[str, FieldDefinition]]:
             if conditions > MAX_CONDITIONS:
                 raise RuleError(f"a rule has at most {MAX_CONDITIONS} conditions")
             return _condition(node, fields)
-        if len(node) != 1:
-            raise RuleError(
-                f"a group has one key, 'all' or 'any', not {', '.join(map(repr, node))}"
-            )
         key = groups[0]
+        other = next((other for other in node if other != key), None)
+        if other is not None:
+            raise RuleError(f"a group has the one key {key!r}, not also {str(other)[:60]!r}")
         if depth >= MAX_DEPTH:
             raise RuleError(f"rules nest at most {MAX_DEPTH} groups deep")
         members = node[key]
@@ -130,22 +126,22 @@ def _condition(node: dict, fields: dict[str, FieldDefinition]) -> dict:
     if not isinstance(name, str):
         raise RuleError(f"a condition names a field as text, not {_describe(name)}")
     definition = fields.get(name)
-    usable = [field for field in fields.values() if _usable(field)]
     if definition is None:
-        close = difflib.get_close_matches(name, [field.name for field in usable], n=1)
+        usable = [field.name for field in fields.values() if _usable(field)]
+        close = difflib.get_close_matches(name, usable, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RuleError(f"unknown field {name[:60]!r}{hint}")
     if definition.sensitive:
         raise RuleError(f"field {name!r} is sensitive: rules cannot use sensitive fields")
-    if definition not in usable:
+    if not _usable(definition):
         raise RuleError(f"field {name!r} cannot be used in rules")
-    unexpected = [key for key in node if key not in ("field", "op", "value")]
-    if unexpected:
-        raise RuleError(f"field {name!r}: unexpected key {unexpected[0]!r}")
+    unexpected = next((key for key in node if key not in ("field", "op", "value")), None)
+    if unexpected is not None:
+        raise RuleError(f"field {name!r}: unexpected key {str(unexpected)[:60]!r}")
     op = node.get("op")
     if op not in OPERATORS:
-        shown = repr(op) if isinstance(op, str) else _describe(op)
-        raise RuleError(f"unknown operator {shown} for field {name!r} (use {', '.join(OPERATORS)})")
+        shown = f"unknown operator {op[:60]!r}" if isinstance(op, str) else "no operator"
+        raise RuleError(f"{shown} for field {name!r} (use {', '.join(OPERATORS)})")
     if op in ("is_empty", "not_empty"):
         if "value" in node:
             raise RuleError(f"field {name!r}: {op} takes no value")
@@ -188,7 +184,9 @@ def _text(name: str, op: str, value) -> str:
 
 def _check_choice(name: str, values: list[str]) -> None:
     choices = CHOICES.get(name)
-    for value in values if choices else ():
+    if choices is None:
+        return
+    for value in values:
         if normal(value) not in choices:
             raise RuleError(f"field {name!r}: {value!r} is not one of {', '.join(choices)}")
 
@@ -203,7 +201,7 @@ def _describe(value) -> str:
     if isinstance(value, str):
         return f"text ({value[:60]!r})"
     if isinstance(value, list | tuple):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
@@ -271,7 +269,7 @@ def _test(column: sa.ColumnElement[str], op: str, value) -> sa.ColumnElement[boo
 
 
 def _normal_sql(column) -> sa.ColumnElement[str]:
-    return (sa.func.trim(sa.func.coalesce(column, "")))
+    return AsciiLower(sa.func.trim(sa.func.coalesce(column, "")))
 
 
 class AsciiLower(FunctionElement):
