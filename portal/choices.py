@@ -6,6 +6,7 @@ Outside the page's audience, or while the page is disabled, it offers the email 
 """
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -28,6 +29,8 @@ from portal.db import canonical_json
 from portal.db import db
 from portal.lists import MailingList
 from portal.lists import Subscription
+
+log = logging.getLogger(__name__)
 
 #: The kinds of choice, in the order the page shows them.
 LIST, MARKETING, CONSENT, RESTRICTION, ERASURE = (
@@ -213,6 +216,16 @@ class Page:
         return next((item for item in self.lists if item.slug == slug), None)
 
 
+def _matches(rule: dict | None, contact: Contact, known: Catalogue) -> bool:
+    """Match a saved rule; one that no longer holds (a field since marked sensitive, say)
+    matches nobody, so the page shows less instead of failing."""
+    try:
+        return rules.matches(rule, contact, fields=known.fields)
+    except rules.RuleError as error:
+        log.warning("a saved rule no longer holds and matches nobody: %s", error)
+        return False
+
+
 def page_for(contact: Contact) -> Page:
     """Return what this contact's page offers and where each choice stands.
 
@@ -221,9 +234,7 @@ def page_for(contact: Contact) -> Page:
     """
     known = catalogue()
     values = known.settings
-    full = bool(values["page_enabled"]) and rules.matches(
-        values["audience_rule"], contact, fields=known.fields
-    )
+    full = bool(values["page_enabled"]) and _matches(values["audience_rule"], contact, known)
     page = Page(contact=contact, full=full, rule_version=known.rule_version,
                 policy_html=values["policy_html"] if full else "")
     page.subscribed = set(db.session.scalars(
@@ -243,6 +254,6 @@ def page_for(contact: Contact) -> Page:
         )
     }
     for definition, version in known.consents:
-        if rules.matches(definition.display_condition, contact, fields=known.fields):
+        if _matches(definition.display_condition, contact, known):
             page.consents.append(ConsentChoice(definition, version, states.get(definition.id)))
     return page

@@ -228,8 +228,12 @@ def _holds(rule: dict, contact: Contact, fields: dict[str, FieldDefinition]) -> 
 def _read(contact: Contact, field: FieldDefinition) -> str | None:
     if field.builtin:
         return getattr(contact, field.name)
-    # Only the plain value: a rule never sees a sensitive field's ciphertext or mask.
-    return next((row.value for row in contact.values if row.field.name == field.name), None)
+    # Only the plain value, never a sensitive field's ciphertext or mask. Compared by field_id
+    # so that no row loads its definition; a row not yet flushed has only its definition.
+    for row in contact.values:
+        if (row.field_id if row.field_id is not None else row.field.id) == field.id:
+            return row.value
+    return None
 
 
 def _compile(rule: dict, fields: dict[str, FieldDefinition]) -> sa.ColumnElement[bool]:

@@ -11,6 +11,8 @@ import os
 import flask_migrate
 import pytest
 import sqlalchemy as sa
+from chromium import CHROMIUM
+from chromium import CHROMIUM_ARGS
 from flask import g
 from flask.testing import FlaskClient
 from hypothesis import settings as hypothesis_settings
@@ -151,3 +153,16 @@ def runner(app):
 @pytest.fixture
 def dialect(app) -> str:
     return db.engine.dialect.name
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, driven by Playwright, shared by every browser test of the run."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"PORTAL_REQUIRE_BROWSER=1 but {CHROMIUM} is missing")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -4,7 +4,6 @@ One server and one browser serve the whole module. The server runs in a thread o
 SQLite file (an in-memory database would be invisible to that thread), loaded with the demo.
 """
 
-import os
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -12,8 +11,8 @@ from urllib.parse import urlsplit
 import flask_migrate
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from chromium import skip_module_without_chromium
 from conftest import make_config
-from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
 from portal import contacts
@@ -22,9 +21,6 @@ from portal import demo
 from portal.db import db
 from portal.links import make_token
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-REQUIRE_BROWSER = os.environ.get("PORTAL_REQUIRE_BROWSER") == "1"
 STATIC = Path(__file__).resolve().parent.parent / "static"
 # A German and an English demo contact (see portal.demo.sample_links).
 GERMAN_CONTACT = "contact06@demo.example"
@@ -32,11 +28,7 @@ ENGLISH_CONTACT = "contact02@demo.example"
 
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM.exists() and not REQUIRE_BROWSER:
-    pytest.skip(
-        f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests",
-        allow_module_level=True,
-    )
+skip_module_without_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +58,6 @@ def server_url(live_app):
     server.shutdown()
     thread.join()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, driven by Playwright (which cannot download a browser here)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"PORTAL_REQUIRE_BROWSER=1 but {CHROMIUM} is missing")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -5,23 +5,21 @@ whose mail goes to the test SMTP server; the tests drain the outbox by calling i
 walk-through uses a contact of its own, made for it, so the tests do not depend on each other.
 """
 
-import os
 import re
 import threading
 from dataclasses import dataclass
 from dataclasses import field
 from email.message import EmailMessage
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import flask_migrate
 import pytest
 import sqlalchemy as sa
 from axe_playwright_python.sync_playwright import Axe
+from chromium import skip_module_without_chromium
 from conftest import make_config
 from playwright.sync_api import Page
 from playwright.sync_api import expect
-from playwright.sync_api import sync_playwright
 from smtp_sink import free_port
 from werkzeug.serving import make_server
 
@@ -37,9 +35,6 @@ from portal.contacts import OptIn
 from portal.db import db
 from portal.links import make_token
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-REQUIRE_BROWSER = os.environ.get("PORTAL_REQUIRE_BROWSER") == "1"
 # A German demo contact (see portal.demo.sample_links).
 GERMAN_CONTACT = "contact06@demo.example"
 PHONE = {"width": 375, "height": 740}
@@ -47,11 +42,7 @@ DEAD_LINK = "/p/k1.not-a-valid-token"
 
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM.exists() and not REQUIRE_BROWSER:
-    pytest.skip(
-        f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests",
-        allow_module_level=True,
-    )
+skip_module_without_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +86,6 @@ def server_url(live_app):
     server.shutdown()
     thread.join()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, driven by Playwright (which cannot download a browser here)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"PORTAL_REQUIRE_BROWSER=1 but {CHROMIUM} is missing")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @dataclass

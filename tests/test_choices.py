@@ -69,3 +69,15 @@ def test_outside_the_audience_only_the_email_options_show(app):
     assert not page.full
     assert page.consents == []
     assert [item.slug for item in page.lists] == ["news"]
+
+
+def test_a_rule_that_no_longer_holds_shows_less_instead_of_failing(app, client, caplog):
+    contact = make_page(2)
+    stage = contacts.field_definition("stage")
+    stage.sensitive = True  # the display conditions name it; rules refuse sensitive fields
+    db.session.commit()
+    page = page_for(contact)
+    assert page.full
+    assert [c.definition.slug for c in page.consents] == ["custom-0"]
+    assert client.get(f"/p/{make_token('manage', contact)}").status_code == 200
+    assert "matches nobody" in caplog.text

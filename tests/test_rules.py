@@ -271,6 +271,22 @@ def test_a_builtin_field_that_is_no_contact_column_is_refused(fields):
         rules.validate({"field": "score", "op": "equals", "value": "1"})
 
 
+def test_matches_takes_known_definitions_and_sees_unsaved_values(fields):
+    known = {field.name: field for field in db.session.scalars(sa.select(FieldDefinition))}
+    contact = Contact(email="unsaved@example.test", region="EU")
+    contact.values.append(FieldValue(field=fields["tier"], value=" Gold"))
+    rule = {
+        "all": [
+            {"field": "tier", "op": "equals", "value": "gold"},
+            {"field": "region", "op": "in", "value": ["eu"]},
+        ]
+    }
+    assert rules.matches(rule, contact, fields=known)
+    assert not rules.matches({"field": "tier", "op": "is_empty"}, contact, fields=known)
+    with pytest.raises(RuleError, match="unknown field 'tier'"):
+        rules.matches(rule, contact, fields={"region": known["region"]})
+
+
 def test_evaluators_refuse_a_rule_that_no_longer_validates(fields, people):
     rule = {"field": "sales_stage", "op": "equals", "value": "ready to buy"}
     rules.validate(rule)
