@@ -6,6 +6,8 @@ from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import has_request_context
+from flask import request
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
@@ -84,9 +86,13 @@ def _configure_sqlite(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def on_begin(connection):
-        # Take the write lock at the start, so two writers queue instead of one failing
-        # with "database is locked" halfway through its transaction.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that may write takes the write lock at its start, so two writers
+        # queue instead of one failing with "database is locked" halfway through. A GET or
+        # HEAD request never writes (R1), so it reads under WAL beside the writers.
+        if has_request_context() and request.method in ("GET", "HEAD"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _render_item(type_, obj, _context):
