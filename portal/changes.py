@@ -264,13 +264,14 @@ def leave_list(contact: Contact, slug: str, *, language: str,
 
 def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions: dict[str, int],
            stamp: str, language: str, evidence: ledger.Evidence | None = None,
-           rule_version: int | None = None) -> Outcome:
+           rule_version: int | None = None, page: Page | None = None) -> Outcome:
     """Apply the withdrawals at once and turn everything else into one pending change.
 
     `rule_version` is the version of the rules that the page showed (it travels in the form
-    and is recorded with each decision, B2).
+    and is recorded with each decision, B2). `page` is the contact's page if already read in
+    this transaction.
     """
-    page = page_for(contact)
+    page = page or page_for(contact)
     if stamp != page.stamp():
         raise StaleForm(page, submitted)
     shown_rule_version = page.rule_version if rule_version is None else rule_version

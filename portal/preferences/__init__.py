@@ -160,7 +160,7 @@ def save(token: str):
         outcome = changes.submit(contact, choices, versions=versions,
                                  stamp=request.form.get("stamp", ""),
                                  language=str(get_locale()), evidence=_evidence(),
-                                 rule_version=_shown_rule_version())
+                                 rule_version=_shown_rule_version(), page=page)
     except changes.StaleForm as stale:
         db.session.rollback()
         wanted = changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {}))
