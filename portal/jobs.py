@@ -7,7 +7,7 @@ A claimed job carries a lease; a job whose worker died is claimed again when the
 """
 
 import logging
-import time
+import threading
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -165,7 +165,8 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
 def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> int:
     """Run runnable jobs until stopped (or until none is left, with `once`); return how many."""
     count = 0
-    while stop is None or not stop.is_set():
+    stop = stop or threading.Event()  # never set: run until the process ends
+    while not stop.is_set():
         job = claim()
         if job is not None:
             run(job, stop=stop)
@@ -173,10 +174,7 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> int:
             continue
         if once:
             break
-        if stop is not None:
-            stop.wait(idle_seconds)
-        else:
-            time.sleep(idle_seconds)
+        stop.wait(idle_seconds)
     return count
 
 

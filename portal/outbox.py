@@ -10,7 +10,7 @@ the SMTP server's acceptance and our commit can send a second copy, with the sam
 
 import logging
 import smtplib
-import time
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -296,17 +296,15 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     """Deliver due messages until stopped (or until none is due, with `once`)."""
     tally = Tally()
     batch = current_app.config["PORTAL_OUTBOX_BATCH"]
-    while stop is None or not stop.is_set():
+    stop = stop or threading.Event()  # never set: run until the process ends
+    while not stop.is_set():
         ids = claim(batch)
         if ids:
             deliver(ids, tally)
             continue
         if once:
             break
-        if stop is not None:
-            stop.wait(idle_seconds)
-        else:
-            time.sleep(idle_seconds)
+        stop.wait(idle_seconds)
     return tally
 
 
