@@ -370,10 +370,7 @@ def confirm(contact: Contact, public_id: str, *,
     The outcome is "applied", "already_applied" (by an earlier request), "superseded",
     "cancelled" or "unknown".
     """
-    change = db.session.scalar(
-        sa.select(PendingChange).where(PendingChange.public_id == public_id,
-                                       PendingChange.contact_id == contact.id)
-    )
+    change = pending_of(contact, public_id)
     if change is None:
         return "unknown", None
     if not _claim(PendingChange, public_id, contact, "pending", "applied", "decided_at"):
@@ -400,9 +397,7 @@ def confirm(contact: Contact, public_id: str, *,
 def undo(contact: Contact, public_id: str, *,
          evidence: ledger.Evidence | None = None) -> tuple[str, Undo | None]:
     """Restore what a withdrawal took away, once; return ("applied" | "used" | "unknown", row)."""
-    record = db.session.scalar(
-        sa.select(Undo).where(Undo.public_id == public_id, Undo.contact_id == contact.id)
-    )
+    record = undo_of(contact, public_id)
     if record is None:
         return "unknown", None
     if not _claim(Undo, public_id, contact, "open", "used", "used_at"):

@@ -24,7 +24,6 @@ from portal.consent import ConsentVersion
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.contacts import FieldDefinition
-from portal.contacts import OptIn
 from portal.db import canonical_json
 from portal.db import db
 from portal.lists import MailingList
@@ -104,11 +103,6 @@ def catalogue() -> Catalogue:
     return cached["value"]
 
 
-def forget_catalogue() -> None:
-    """Make the next page read the catalogue afresh (after staff change it, say)."""
-    current_app.extensions.pop("portal_catalogue", None)
-
-
 def _read_catalogue() -> Catalogue:
     latest = settings.current()
     lists = tuple(
@@ -175,10 +169,6 @@ class Page:
     lists: list[ListInfo] = field(default_factory=list)
     subscribed: set[int] = field(default_factory=set)
     consents: list[ConsentChoice] = field(default_factory=list)
-
-    @property
-    def marketing_stopped(self) -> bool:
-        return self.contact.opt_in_status == OptIn.OPTOUT_CONTACT
 
     def current(self) -> dict[tuple[str, str], bool]:
         """Return where each offered choice stands now, keyed by (kind, reference)."""

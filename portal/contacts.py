@@ -104,10 +104,6 @@ class Contact(db.Model):
     def display_name(self) -> str:
         return " ".join(part for part in (self.first_name, self.last_name) if part) or ""
 
-    @property
-    def is_opted_out(self) -> bool:
-        return self.opt_in_status in OPT_OUTS
-
 
 class FieldDefinition(db.Model):
     """A contact field, built-in or custom: personal ones are blanked by erasure (P8), sensitive

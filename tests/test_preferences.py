@@ -17,13 +17,15 @@ from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
+from test_changes import add_contact
+from test_changes import configure
+from test_changes import state
 
 from portal import consent
 from portal import contacts
 from portal import ledger
 from portal import lists
 from portal import outbox
-from portal import settings
 from portal.changes import PendingChange
 from portal.changes import Undo
 from portal.contacts import Contact
@@ -146,17 +148,6 @@ def flashes(response) -> str:
 # --- The world the tests run in ----------------------------------------------------------------
 
 
-def configure(**values) -> settings.SettingsVersion:
-    """Save the page settings on top of whatever version is in force."""
-    latest = settings.current()
-    return settings.save(values, based_on=latest.version if latest else 0, author="test")
-
-
-def add_contact(email: str, **fields) -> Contact:
-    fields.setdefault("region", "EU")
-    return contacts.add_contact(email, method="test", actor="test", **fields)
-
-
 @pytest.fixture
 def client(app):
     """A browser on HTTPS: Flask-WTF checks the Referer there (SECURITY.md 8)."""
@@ -189,20 +180,6 @@ def world(app) -> SimpleNamespace:
     db.session.commit()
     return SimpleNamespace(ada=ada, news=news, vip=vip, tracking=tracking, partners=partners,
                            stage=stage, rule_version=rules.version)
-
-
-def state(contact: Contact) -> dict:
-    """Return everything the page can change, as the database has it."""
-    db.session.expire_all()
-    contact = db.session.get(Contact, contact.id)
-    return {
-        "lists": {s.mailing_list.slug: s.status for s in lists.subscriptions_of(contact)},
-        "consents": {s.consent.slug: (s.state, s.version.number)
-                     for s in consent.states_of(contact)},
-        "opt_in": contact.opt_in_status,
-        "processing_stopped": contact.processing_stopped_at is not None,
-        "erasure_requested": contact.erasure_requested_at is not None,
-    }
 
 
 def footprint(contact: Contact) -> dict:

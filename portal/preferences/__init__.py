@@ -221,7 +221,7 @@ def confirm(token: str):
         raise BadLink(expired=False)
     db.session.commit()
     return render_template("preferences/confirmed.html", status=status,
-                           manage_token=_manage_token(contact))
+                           manage_token=make_token("manage", contact))
 
 
 @bp.get("/u/<token>")
@@ -245,11 +245,7 @@ def undo(token: str):
         raise BadLink(expired=False)
     db.session.commit()
     return render_template("preferences/undone.html", status=status,
-                           manage_token=_manage_token(contact))
-
-
-def _manage_token(contact) -> str:
-    return make_token("manage", contact)
+                           manage_token=make_token("manage", contact))
 
 
 # The way back in registers its views on the same blueprint.
