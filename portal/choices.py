@@ -103,6 +103,14 @@ def catalogue() -> Catalogue:
     return cached["value"]
 
 
+def forget_catalogue() -> None:
+    """Make this process read the catalogue again on its next page (after a staff edit).
+
+    Other processes notice the edit within PORTAL_CATALOGUE_SECONDS.
+    """
+    current_app.extensions.pop("portal_catalogue", None)
+
+
 def _read_catalogue() -> Catalogue:
     latest = settings.current()
     lists = tuple(
