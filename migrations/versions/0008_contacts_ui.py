@@ -1,4 +1,4 @@
-"""Back-office contacts, saved filters, erasure (issue 6)
+"""Back-office contacts and saved filters (issue 6)
 
 Revision ID: 0008
 Revises: 0007
