@@ -24,6 +24,7 @@ from portal.consent import ConsentVersion
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.contacts import FieldDefinition
+from portal.contacts import FieldValue
 from portal.db import canonical_json
 from portal.db import db
 from portal.lists import MailingList
@@ -47,12 +48,29 @@ class ListInfo:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """A saved rule, checked once when the catalogue is read.
+
+    One that no longer holds (a field since marked sensitive, say) matches nobody, so the
+    page shows less instead of failing.
+    """
+
+    rule: dict | None
+    valid: bool = True
+    #: The custom fields it reads, whose values the page loads with its one query.
+    field_ids: frozenset[int] = frozenset()
+
+    def holds(self, contact: Contact, fields: dict, values: dict[int, str | None]) -> bool:
+        return self.valid and rules.holds(self.rule, contact, fields, values)
+
+
+@dataclass(frozen=True)
 class DefinitionInfo:
     id: int
     slug: str
     kind: str
     field_id: int | None
-    display_condition: dict | None
+    display_condition: Condition
     default_selected: bool
 
 
@@ -86,6 +104,15 @@ class Catalogue:
     lists: tuple[ListInfo, ...]
     consents: tuple[tuple[DefinitionInfo, VersionInfo], ...]
     fields: dict[str, FieldInfo]
+    audience: Condition
+
+    @property
+    def custom_field_ids(self) -> frozenset[int]:
+        """The custom fields any rule of the page reads."""
+        ids = set(self.audience.field_ids)
+        for definition, _version in self.consents:
+            ids |= definition.display_condition.field_ids
+        return frozenset(ids)
 
 
 def catalogue() -> Catalogue:
@@ -111,12 +138,25 @@ def forget_catalogue() -> None:
     current_app.extensions.pop("portal_catalogue", None)
 
 
+def _condition(rule: dict | None, fields: dict[str, FieldInfo]) -> Condition:
+    try:
+        rule = rules.validate(rule, fields=fields)
+    except rules.RuleError as error:
+        log.warning("a saved rule no longer holds and matches nobody: %s", error)
+        return Condition(rule, valid=False)
+    return Condition(rule, field_ids=frozenset(rules.custom_field_ids(rule, fields)))
+
+
 def _read_catalogue() -> Catalogue:
     latest = settings.current()
     lists = tuple(
         ListInfo(item.id, item.slug, item.name, item.description, item.public)
         for item in db.session.scalars(sa.select(MailingList).order_by(MailingList.name))
     )
+    fields = {
+        f.name: FieldInfo(f.id, f.name, f.builtin, f.personal, f.sensitive, f.value_type)
+        for f in db.session.scalars(sa.select(FieldDefinition))
+    }
     definitions = db.session.scalars(
         sa.select(ConsentDefinition)
         .where(ConsentDefinition.retired_at.is_(None))
@@ -125,20 +165,17 @@ def _read_catalogue() -> Catalogue:
     ).all()
     consents = tuple(
         (
-            DefinitionInfo(d.id, d.slug, d.kind, d.field_id, d.display_condition,
-                           d.default_selected),
+            DefinitionInfo(d.id, d.slug, d.kind, d.field_id,
+                           _condition(d.display_condition, fields), d.default_selected),
             VersionInfo(v.id, v.number, v.title, v.text, v.text_sha256),
         )
         for d in definitions
         for v in [d.current_version]
     )
-    fields = {
-        f.name: FieldInfo(f.id, f.name, f.builtin, f.personal, f.sensitive, f.value_type)
-        for f in db.session.scalars(sa.select(FieldDefinition))
-    }
     values = {**settings.DEFAULTS, **(latest.data if latest else {})}
     return Catalogue(rule_version=latest.version if latest else 0, settings=values,
-                     lists=lists, consents=consents, fields=fields)
+                     lists=lists, consents=consents, fields=fields,
+                     audience=_condition(values["audience_rule"], fields))
 
 
 @dataclass(frozen=True)
@@ -214,44 +251,65 @@ class Page:
         return next((item for item in self.lists if item.slug == slug), None)
 
 
-def _matches(rule: dict | None, contact: Contact, known: Catalogue) -> bool:
-    """Match a saved rule; one that no longer holds (a field since marked sensitive, say)
-    matches nobody, so the page shows less instead of failing."""
-    try:
-        return rules.matches(rule, contact, fields=known.fields)
-    except rules.RuleError as error:
-        log.warning("a saved rule no longer holds and matches nobody: %s", error)
-        return False
+def _state_query(with_values: bool) -> sa.CompoundSelect:
+    """One query for what a page needs of one contact: consent states, subscriptions and
+    (when a rule reads custom fields) the plain values of those fields."""
+    contact_id = sa.bindparam("contact_id")
+    none = sa.null()
+    parts = [
+        sa.select(sa.literal_column("'consent'").label("kind"),
+                  ConsentState.consent_id.label("ref"), ConsentState.state.label("text"),
+                  ConsentVersion.number.label("number"), ConsentState.changed_at.label("at"))
+        .join(ConsentVersion, ConsentVersion.id == ConsentState.version_id)
+        .where(ConsentState.contact_id == contact_id),
+        sa.select(sa.literal_column("'list'"), Subscription.list_id, none, none, none)
+        .where(Subscription.contact_id == contact_id, Subscription.status == "subscribed"),
+    ]
+    if with_values:
+        # Only the plain value: rules never read a sensitive field's ciphertext or mask.
+        parts.append(
+            sa.select(sa.literal_column("'value'"), FieldValue.field_id, FieldValue.value, none,
+                      none)
+            .where(FieldValue.contact_id == contact_id,
+                   FieldValue.field_id.in_(sa.bindparam("field_ids", expanding=True)))
+        )
+    return sa.union_all(*parts)
+
+
+#: Built once per process: constructing the statement costs more than running it.
+_STATE_QUERIES = {False: _state_query(False), True: _state_query(True)}
 
 
 def page_for(contact: Contact) -> Page:
     """Return what this contact's page offers and where each choice stands.
 
-    Beyond the cached catalogue it reads the subscriptions, the consent states and (only when
-    a rule looks at a custom field) the contact's field values: three queries at most.
+    Beyond the cached catalogue it makes one query (consent states, subscriptions and the
+    custom field values the rules read).
     """
     known = catalogue()
-    values = known.settings
-    full = bool(values["page_enabled"]) and _matches(values["audience_rule"], contact, known)
+    field_ids = known.custom_field_ids
+    params = {"contact_id": contact.id}
+    if field_ids:
+        params["field_ids"] = sorted(field_ids)
+    states, subscribed, values = {}, set(), {}
+    for kind, ref, text, number, at in db.session.execute(_STATE_QUERIES[bool(field_ids)],
+                                                          params):
+        if kind == "consent":
+            states[ref] = StateInfo(text, number, at)
+        elif kind == "list":
+            subscribed.add(ref)
+        else:
+            values[ref] = text
+    settings_now = known.settings
+    full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
+                                                                      values)
     page = Page(contact=contact, full=full, rule_version=known.rule_version,
-                policy_html=values["policy_html"] if full else "")
-    page.subscribed = set(db.session.scalars(
-        sa.select(Subscription.list_id).where(Subscription.contact_id == contact.id,
-                                              Subscription.status == "subscribed")
-    ))
-    page.lists = [item for item in known.lists if item.public or item.id in page.subscribed]
-    if not full:
-        return page
-    states = {
-        consent_id: StateInfo(state, number, changed_at)
-        for consent_id, state, number, changed_at in db.session.execute(
-            sa.select(ConsentState.consent_id, ConsentState.state, ConsentVersion.number,
-                      ConsentState.changed_at)
-            .join(ConsentVersion, ConsentVersion.id == ConsentState.version_id)
-            .where(ConsentState.contact_id == contact.id)
-        )
-    }
-    for definition, version in known.consents:
-        if _matches(definition.display_condition, contact, known):
-            page.consents.append(ConsentChoice(definition, version, states.get(definition.id)))
+                policy_html=settings_now["policy_html"] if full else "", subscribed=subscribed)
+    page.lists = [item for item in known.lists if item.public or item.id in subscribed]
+    if full:
+        page.consents = [
+            ConsentChoice(definition, version, states.get(definition.id))
+            for definition, version in known.consents
+            if definition.display_condition.holds(contact, known.fields, values)
+        ]
     return page

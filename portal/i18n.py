@@ -1,13 +1,88 @@
 """Languages (B11): the contact's own language, then the browser's, then English."""
 
+import weakref
+from contextvars import ContextVar
+from datetime import UTC
+from datetime import datetime
+
+from babel.dates import format_date
 from flask import current_app
 from flask import g
 from flask import has_request_context
 from flask import request
+from flask.templating import Environment
 from flask_babel import Babel
 from flask_babel import get_locale
+from flask_babel import get_translations
+from jinja2 import pass_context
+from jinja2.ext import Extension
+from jinja2.lexer import Token
 
 babel = Babel()
+
+#: The translations of the template being compiled (see LocalizedEnvironment).
+_compiling = ContextVar("compiling_translations", default=None)
+#: `{{ _("...") }}`: a constant string alone in an expression, translated when compiled.
+_CONSTANT_GETTEXT = (
+    ("variable_begin", None), ("name", "_"), ("lparen", None), ("string", None),
+    ("rparen", None), ("variable_end", None),
+)
+
+
+class CompileTimeGettext(Extension):
+    """Translate `{{ _("constant") }}` while compiling, as the page's language has it.
+
+    The output is what the i18n extension's new-style gettext gives at run time (the
+    translation, marked safe, with `%%` turned into `%`), so nothing changes but the cost: a
+    page has some thirty such strings, each otherwise a call through Flask-Babel per request.
+    Strings with placeholders, or used inside larger expressions, stay calls at run time.
+    """
+
+    def filter_stream(self, stream):
+        translations = _compiling.get()
+        if translations is None:
+            yield from stream
+            return
+        tokens = list(stream)
+        width = len(_CONSTANT_GETTEXT)
+        index = 0
+        while index < len(tokens):
+            window = tokens[index:index + width]
+            if len(window) == width and all(
+                token.type == kind and (value is None or token.value == value)
+                for token, (kind, value) in zip(window, _CONSTANT_GETTEXT, strict=True)
+            ):
+                try:
+                    text = translations.ugettext(window[3].value) % {}
+                except (KeyError, TypeError, ValueError):
+                    text = None
+                if text is not None:
+                    yield Token(window[0].lineno, "data", text)
+                    index += width
+                    continue
+            yield tokens[index]
+            index += 1
+
+
+class LocalizedEnvironment(Environment):
+    """Flask's template environment, keeping one compiled template per language."""
+
+    def _load_template(self, name, globals):
+        language = str(get_locale() or "")
+        cache_key = (weakref.ref(self.loader), name, language)
+        template = self.cache.get(cache_key) if self.cache is not None else None
+        if template is not None and (not self.auto_reload or template.is_up_to_date):
+            if globals:
+                template.globals.update(globals)
+            return template
+        compiling = _compiling.set(get_translations() if language else None)
+        try:
+            template = self.loader.load(self, name, self.make_globals(globals))
+        finally:
+            _compiling.reset(compiling)
+        if self.cache is not None:
+            self.cache[cache_key] = template
+        return template
 
 
 def select_locale() -> str:
@@ -28,11 +103,59 @@ def select_locale() -> str:
     return "en"
 
 
+def _translations(context):
+    # Set once per render by the context processor below; a template rendered some other way
+    # (a macro imported without context) asks Flask-Babel.
+    return context.get("_translations") or get_translations()
+
+
+@pass_context
+def _gettext(context, message: str) -> str:
+    return _translations(context).ugettext(message)
+
+
+@pass_context
+def _ngettext(context, singular: str, plural: str, number: int) -> str:
+    return _translations(context).ungettext(singular, plural, number)
+
+
+@pass_context
+def _pgettext(context, message_context: str, message: str) -> str:
+    return _translations(context).upgettext(message_context, message)
+
+
+@pass_context
+def _npgettext(context, message_context: str, singular: str, plural: str, number: int) -> str:
+    return _translations(context).unpgettext(message_context, singular, plural, number)
+
+
+@pass_context
+def _dateformat(context, value, format: str = "medium") -> str:
+    """Flask-Babel's `dateformat` filter, with the locale looked up once per render.
+
+    Dates are shown in UTC, the portal's BABEL_DEFAULT_TIMEZONE.
+    """
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return format_date(value, format, locale=context.get("_locale") or get_locale() or "en")
+
+
 def init_app(app) -> None:
     """Bind Flask-Babel with the portal's translations and locale choice."""
     babel.init_app(app, locale_selector=select_locale)
+    app.jinja_env.add_extension(CompileTimeGettext)
+    app.jinja_env.filters["dateformat"] = _dateformat
+    # Flask-Babel's template callables look the request's translations up again for every
+    # string (some thirty context look-ups per page); these take them from the template's
+    # context, where they are put once per render.
+    app.jinja_env.install_gettext_callables(
+        gettext=_gettext, ngettext=_ngettext, pgettext=_pgettext, npgettext=_npgettext,
+        newstyle=True,
+    )
     app.context_processor(
         lambda: {
+            "_translations": get_translations(),
+            "_locale": get_locale(),
             "current_locale": lambda: str(get_locale() or "en"),
             # How long a preference link lives, as told to contacts.
             "link_days": current_app.config["PORTAL_LINK_MAX_AGE"]["manage"] // 86400,

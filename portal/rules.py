@@ -69,9 +69,12 @@ def normal(value: str | None) -> str:
     return (value or "").strip(" ").translate(_ASCII_LOWER)
 
 
-def validate(rule: dict | None) -> dict | None:
-    """Return the rule in normal form, or raise RuleError naming what is wrong."""
-    return _checked(rule)[0]
+def validate(rule: dict | None, *, fields: dict | None = None) -> dict | None:
+    """Return the rule in normal form, or raise RuleError naming what is wrong.
+
+    ``fields`` (name -> field definition) spares the query for them.
+    """
+    return _checked(rule, fields)[0]
 
 
 def matches(rule: dict | None, contact: Contact, *, fields: dict | None = None) -> bool:
@@ -81,7 +84,32 @@ def matches(rule: dict | None, contact: Contact, *, fields: dict | None = None) 
     passes the definitions it keeps cached.
     """
     rule, fields = _checked(rule, fields)
-    return rule is None or _holds(rule, contact, fields)
+    return rule is None or _holds(rule, contact, fields, None)
+
+
+def holds(
+    rule: dict | None,
+    contact: Contact,
+    fields: dict,
+    values: dict[int, str | None] | None = None,
+) -> bool:
+    """Match a rule already in normal form (from ``validate``) without checking it again.
+
+    ``values`` (field id -> plain value) gives the contact's custom field values read in
+    advance; without it they are read from ``contact.values``.
+    """
+    return rule is None or _holds(rule, contact, fields, values)
+
+
+def custom_field_ids(rule: dict | None, fields: dict) -> set[int]:
+    """Return the ids of the custom (not built-in) fields a rule in normal form reads."""
+    if rule is None:
+        return set()
+    if "all" in rule or "any" in rule:
+        members = rule.get("all") or rule.get("any")
+        return set().union(*(custom_field_ids(member, fields) for member in members))
+    definition = fields[rule["field"]]
+    return set() if definition.builtin else {definition.id}
 
 
 def where_clause(rule: dict | None) -> sa.ColumnElement[bool]:
@@ -207,15 +235,15 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _holds(rule: dict, contact: Contact, fields: dict[str, FieldDefinition]) -> bool:
+def _holds(rule: dict, contact: Contact, fields: dict, values: dict | None) -> bool:
     if "all" in rule:
-        return all(_holds(member, contact, fields) for member in rule["all"])
+        return all(_holds(member, contact, fields, values) for member in rule["all"])
     if "any" in rule:
-        return any(_holds(member, contact, fields) for member in rule["any"])
+        return any(_holds(member, contact, fields, values) for member in rule["any"])
     op = rule["op"]
     if op in NEGATIONS:
-        return not _holds({**rule, "op": NEGATIONS[op]}, contact, fields)
-    actual = normal(_read(contact, fields[rule["field"]]))
+        return not _holds({**rule, "op": NEGATIONS[op]}, contact, fields, values)
+    actual = normal(_read(contact, fields[rule["field"]], values))
     if op == "equals":
         return actual == normal(rule["value"])
     if op == "in":
@@ -225,9 +253,11 @@ def _holds(rule: dict, contact: Contact, fields: dict[str, FieldDefinition]) -> 
     return actual != ""  # not_empty
 
 
-def _read(contact: Contact, field: FieldDefinition) -> str | None:
+def _read(contact: Contact, field: FieldDefinition, values: dict | None) -> str | None:
     if field.builtin:
         return getattr(contact, field.name)
+    if values is not None:
+        return values.get(field.id)
     # Only the plain value, never a sensitive field's ciphertext or mask. Compared by field_id
     # so that no row loads its definition; a row not yet flushed has only its definition.
     for row in contact.values:
