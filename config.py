@@ -44,6 +44,9 @@ class Config:
     PORTAL_DEMO = False
     # The port of the demo's capturing SMTP server (the demo mailbox).
     PORTAL_DEMO_SMTP_PORT = 2525
+    # An inbound address that unsubscribes whoever writes to it (processed by the business's
+    # mail server); when set, List-Unsubscribe offers it as a mailto beside the https link.
+    PORTAL_UNSUBSCRIBE_MAILTO: str | None = None
     # Key sets, one per purpose: {"active": "<key id>", "keys": {"<key id>": "<base64 key>"}}.
     PORTAL_LINK_KEYS: dict | None = None
     PORTAL_FIELD_KEYS: dict | None = None
@@ -59,7 +62,14 @@ class Config:
         "confirm": 48 * 3600,
         "undo": 48 * 3600,
         "export": 48 * 3600,
+        # The double opt-in link: long enough for someone back from a week away.
+        "doi": 7 * 24 * 3600,
     }
+    # Double opt-in hygiene (B9): reminders per request (0: none), hours before one is sent,
+    # and days after which an unconfirmed web-form sign-up is pruned.
+    PORTAL_DOI_MAX_REMINDERS = 1
+    PORTAL_DOI_REMIND_AFTER_HOURS = 48
+    PORTAL_DOI_PRUNE_AFTER_DAYS = 30
 
     # The outbox (R5): SMTP timeout in seconds, messages per connection, retry limits.
     PORTAL_SMTP_TIMEOUT = 30

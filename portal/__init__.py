@@ -3,6 +3,7 @@
 from flask import Flask
 from flask_wtf import CSRFProtect
 
+from portal import i18n
 from portal.keys import ConfigError
 
 __all__ = ["ConfigError", "create_app"]
@@ -19,11 +20,12 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         template_folder="../templates",
         static_folder="../static",
     )
+    # Templates compiled once per language (portal/i18n.py); set before the first use.
+    app.jinja_environment = i18n.LocalizedEnvironment
 
     from portal import configuration
     from portal import db
     from portal import hardening
-    from portal import i18n
     from portal import keys
     from portal import mail
     from portal import staff
@@ -39,9 +41,11 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 
     from portal import backoffice
     from portal import preferences
+    from portal import signup
 
     app.register_blueprint(preferences.bp)
     app.register_blueprint(backoffice.bp)
+    app.register_blueprint(signup.bp)
 
     from portal import cli
 

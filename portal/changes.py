@@ -24,6 +24,7 @@ from portal import consent
 from portal import contacts
 from portal import ledger
 from portal import lists
+from portal import optin
 from portal import outbox
 from portal.choices import CONSENT
 from portal.choices import ERASURE
@@ -33,7 +34,6 @@ from portal.choices import RESTRICTION
 from portal.choices import Page
 from portal.choices import page_for
 from portal.contacts import Contact
-from portal.contacts import OptIn
 from portal.db import db
 from portal.db import utcnow
 from portal.gate import Category
@@ -159,12 +159,16 @@ def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_re
             lists.set_subscription(contact, mailing_list, item.value, **common)
     elif item.kind == MARKETING:
         if not item.value:
-            target = OptIn.OPTOUT_CONTACT
+            event = optin.Event.CONTACT_OPT_OUT
+        elif item.ref:
+            # An undo (its ref names the status taken away) gives back the status before the
+            # contact's own opt-out.
+            event = optin.Event.CONTACT_UNDO
         else:
-            # An undo names the status to give back (its ref); a confirmed "yes" is double.
-            target = OptIn(item.ref) if item.ref else OptIn.DOUBLE
-        if contact.opt_in_status != target:
-            contacts.record_opt_in(contact, target, **common)
+            # A "yes" confirmed from the contact's mailbox is a double opt-in.
+            event = optin.Event.DOI_CONFIRMED
+        if optin.allowed(contact, event):
+            optin.transition(contact, event, **common)
     elif item.kind == CONSENT:
         definition = db.session.scalar(
             sa.select(consent.ConsentDefinition).where(consent.ConsentDefinition.slug == item.ref)

@@ -15,6 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from portal import consent
 from portal import contacts
 from portal import demo
+from portal import doi_cli
+from portal import erasure_cli
 from portal import gate
 from portal import keys
 from portal import ledger
@@ -150,6 +152,7 @@ def demo_command():
     click.echo("Sample preference links:")
     for url in demo.sample_links():
         click.echo(f"  {url}")
+    click.echo(f"Sample sign-up form (a business's own page): {links.public_url('/demo/signup')}")
 
 
 def init_app(app) -> None:
@@ -157,6 +160,8 @@ def init_app(app) -> None:
     commands = (contacts_cli, ledger_cli, keys_cli, staff_cli, mail_cli, consent_cli, demo_command)
     for command in commands:
         app.cli.add_command(command)
+    app.cli.add_command(doi_cli.doi_cli)
+    erasure_cli.register(contacts_cli)
     workers.init_app(app)
 
 

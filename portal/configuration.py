@@ -1,6 +1,7 @@
 """Reading and checking the configuration before anything else starts."""
 
 import copy
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -9,6 +10,8 @@ from portal.keys import ConfigError
 from portal.keys import load_demo_secrets
 
 DEMO_BASE_URL = "http://127.0.0.1:5000"
+# A plain ASCII address: it goes into a mailto: URL inside a mail header.
+MAILTO_ADDRESS = re.compile(r"[A-Za-z0-9._+-]{1,64}@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
 def load(app, test_config: dict | None) -> None:
@@ -76,6 +79,9 @@ def _check(config) -> None:
         isinstance(trusted, list) and all(isinstance(h, str) and h for h in trusted)
     ):
         raise ConfigError('FLASK_TRUSTED_HOSTS must be a list of host names, e.g. ["a.example"]')
+    mailto = config.get("PORTAL_UNSUBSCRIBE_MAILTO")
+    if mailto is not None and not (isinstance(mailto, str) and MAILTO_ADDRESS.fullmatch(mailto)):
+        raise ConfigError("FLASK_PORTAL_UNSUBSCRIBE_MAILTO must be an email address, or unset")
     languages = config.get("PORTAL_LANGUAGES")
     if not isinstance(languages, list) or "en" not in languages:
         raise ConfigError('FLASK_PORTAL_LANGUAGES must be a list that includes "en"')

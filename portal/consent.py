@@ -8,6 +8,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
+from portal import contacts
 from portal import ledger
 from portal import rules
 from portal.contacts import Contact
@@ -180,6 +181,10 @@ def decide(
 ) -> ConsentState:
     """Record a grant or a revocation of the version the contact saw, and update the state."""
     definition = version.consent
+    if granted and actor != "contact":
+        # A stopped record takes no new grant but the contact's own (P7); a withdrawal only
+        # narrows the processing, so staff may still record one the contact asked for.
+        contacts.refuse_if_locked(contact)
     if definition.retired_at is not None and granted:
         raise ConsentError(f"the consent {definition.slug!r} is retired")
     state = "granted" if granted else "revoked"

@@ -43,6 +43,24 @@ class InvalidEmail(ContactError):
     pass
 
 
+class RecordLocked(ContactError):
+    """The contact stopped the processing of their data (P7): staff cannot change the record."""
+
+    def __init__(self, contact: "Contact"):
+        super().__init__("processing of this contact's data is stopped; the record is locked")
+        self.contact = contact
+
+
+class AddressSuppressed(ContactError):
+    """The address was erased and is on the suppression list: it cannot come back (B5)."""
+
+
+def refuse_if_locked(contact: "Contact") -> None:
+    """Raise RecordLocked if the contact's processing is stopped."""
+    if contact.processing_stopped_at is not None:
+        raise RecordLocked(contact)
+
+
 def new_public_id() -> str:
     """Return a random opaque id for links and encryption (never the row number)."""
     return secrets.token_urlsafe(16)
@@ -205,8 +223,7 @@ def set_field_value(contact: Contact, definition: FieldDefinition, value: str | 
     """Store a custom field's value for a contact, encrypting it if the field is sensitive."""
     if definition.builtin:
         raise ContactError(f"{definition.name} is a built-in field")
-    if contact.processing_stopped_at is not None:
-        raise ContactError("processing of this contact's data is stopped; the record is locked")
+    refuse_if_locked(contact)
     if definition.sensitive and value and storage_withdrawn(contact, definition):
         raise ContactError(f"{definition.label}: the contact withdrew consent to store it")
     # A value added earlier in this transaction has no field_id until the session flushes.
@@ -284,6 +301,11 @@ def add_contact(
         raise ContactError("a new contact starts at 'none' or 'single_user'")
     if db.session.scalar(sa.select(Contact.id).where(Contact.email == address)) is not None:
         raise ContactError("a contact with this email address already exists")
+    # Suppression builds on contacts, so it is reached from here at call time.
+    from portal.suppression import is_suppressed
+
+    if is_suppressed(address):
+        raise AddressSuppressed("this address was erased and is on the suppression list")
     contact = Contact(
         email=address,
         kind=kind,
@@ -292,7 +314,6 @@ def add_contact(
         phone=phone,
         region=region,
         language=language,
-        opt_in_status=opt_in.value,
     )
     db.session.add(contact)
     db.session.flush()
@@ -303,15 +324,12 @@ def add_contact(
         method=method,
         actor=actor,
     )
-    ledger.append(
-        contact_ref=contact.public_id,
-        subject_type="opt_in",
-        action="set",
-        value_to=opt_in.value,
-        method=method,
-        actor=actor,
-        evidence_ref=reason,
-    )
+    # The opt-in state machine builds on contacts, so it is reached from here at call time.
+    from portal.optin import Event
+    from portal.optin import transition
+
+    event = Event.CREATED_SINGLE_USER if opt_in == OptIn.SINGLE_USER else Event.CREATED
+    transition(contact, event, method=method, actor=actor, reason=reason)
     return contact
 
 
@@ -323,13 +341,19 @@ def record_opt_in(
     actor: str,
     evidence_ref: str | None = None,
     evidence: ledger.Evidence | None = None,
+    created: bool = False,
+    text_sha256: str | None = None,
 ) -> ledger.LedgerEvent:
     """Set the opt-in status and record it in the ledger in the same transaction.
 
-    This is the low-level write both sides share; which transitions are allowed (M5) is
-    decided by the caller.
+    This is the low-level write; which transitions are allowed (M5) is decided by
+    `portal.optin.transition`, which callers go through. ``created`` records the first status
+    of a new contact (it had none before).
     """
-    before = contact.opt_in_status
+    if status not in OPT_OUTS and actor != "contact":
+        # Only the contact may opt in again while their processing is stopped (P7).
+        refuse_if_locked(contact)
+    before = None if created else contact.opt_in_status
     if status in OPT_OUTS and before not in OPT_OUTS:
         contact.opt_in_before_opt_out = before
     contact.opt_in_status = status.value
@@ -343,6 +367,7 @@ def record_opt_in(
         actor=actor,
         evidence_ref=evidence_ref,
         evidence=evidence,
+        text_sha256=text_sha256,
     )
 
 
@@ -368,11 +393,11 @@ def stop_processing(
         evidence_ref=evidence_ref,
         evidence=evidence,
     )
-    if contact.opt_in_status != OptIn.OPTOUT_CONTACT:
-        record_opt_in(
-            contact, OptIn.OPTOUT_CONTACT, method=method, actor=actor, evidence_ref=evidence_ref,
-            evidence=evidence,
-        )
+    from portal.optin import Event
+    from portal.optin import transition
+
+    transition(contact, Event.CONTACT_OPT_OUT, method=method, actor=actor,
+               evidence_ref=evidence_ref, evidence=evidence)
 
 
 def request_erasure(

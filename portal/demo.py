@@ -17,7 +17,9 @@ from flask import render_template
 from flask_babel import force_locale
 from flask_babel import gettext
 
+from portal import campaigns
 from portal import consent
+from portal import contact_records
 from portal import contacts
 from portal import lists
 from portal import outbox
@@ -221,6 +223,10 @@ def load() -> Summary:
         if contacts.find_by_email(email) is None:
             _make_contact(number, email, mailing_lists, fields, definitions)
             summary.count("contacts")
+    # A draft a newcomer can preview and send from the back office (Campaigns).
+    campaigns.ensure_demo_draft("newsletter", author="demo")
+    # Saved filters and reveal rights, so the contacts pages are usable on the first day.
+    contact_records.prepare_demo(ADMIN_EMAIL, summary.count)
     return summary
 
 

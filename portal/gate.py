@@ -13,7 +13,10 @@ Categories and their rules, in the order they are checked:
 - Stopped processing, or a pending erasure request, blocks everything else.
 - ``campaign`` needs list membership and a status the campaign policy admits (M4).
 - ``notice``, ``workflow``, ``auto_reply`` and ``ad_hoc`` need a status that is not an opt-out.
-- ``partner`` (the contact's data to a third party) needs the named consent to be granted.
+- ``partner`` (the contact's data to a third party) needs the named consent to be granted,
+  and stops when the contact's own address is on the suppression list.
+- The double opt-in request is ``own_action`` for the contact's own web-form sign-up and
+  ``notice`` when staff send it (to one contact or a whole list), which an opt-out stops.
 - ``internal`` (mail to staff about the portal itself) is not about a contact and passes.
 """
 
@@ -57,6 +60,14 @@ POLICY_STATUSES = {
     "double_single_user": {OptIn.DOUBLE, OptIn.SINGLE_USER},
     "double_single_user_single_webform": {OptIn.DOUBLE, OptIn.SINGLE_USER, OptIn.SINGLE_WEBFORM},
 }
+
+
+def policy_statuses(policy: str | None) -> set[OptIn]:
+    """Return the statuses a campaign policy admits; an unknown policy admits Double only."""
+    # Fail closed: a settings row written by hand or by an older version must not widen the
+    # audience beyond the recommended default.
+    return POLICY_STATUSES.get(policy or "", POLICY_STATUSES["double"])
+
 
 #: What staff read for each refusal.
 REASONS = {
@@ -162,7 +173,10 @@ def decide(
         return refuse("erased")
     if category is Category.ERASURE_RECEIPT:
         return ALLOW
-    if category is not Category.PARTNER and suppression.is_suppressed(recipient):
+    # Partner mail goes to the partner but carries the contact's data: the contact's own
+    # address on the suppression list stops it as well (M6: the list blocks everything).
+    watched = contact.email if category is Category.PARTNER and contact else recipient
+    if watched and suppression.is_suppressed(watched):
         return refuse("suppressed")
     if contact is None:
         # Mail to an address that is no contact (a partner's, say) has no status to obey.
@@ -180,7 +194,7 @@ def decide(
         subscription = db.session.get(Subscription, (contact.id, list_id)) if list_id else None
         if subscription is None or subscription.status != "subscribed":
             return refuse("not_subscribed")
-        if status not in POLICY_STATUSES[settings.values()["campaign_policy"]]:
+        if status not in policy_statuses(settings.values().get("campaign_policy")):
             return refuse("policy")
         return ALLOW
     if category is Category.PARTNER:

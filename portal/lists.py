@@ -7,6 +7,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
+from portal import contacts
 from portal import ledger
 from portal.contacts import Contact
 from portal.db import db
@@ -82,6 +83,9 @@ def set_subscription(
 ) -> Subscription | None:
     """Join or leave a list, recording the change; return the subscription (None if no-op)."""
     status = "subscribed" if subscribed else "unsubscribed"
+    if subscribed and actor != "contact":
+        # As for consents: a stopped record takes no new subscription but the contact's own.
+        contacts.refuse_if_locked(contact)
     current = db.session.get(Subscription, (contact.id, mailing_list.id))
     if current is not None and current.status == status:
         return current

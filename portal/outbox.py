@@ -45,6 +45,8 @@ class OutboxMessage(db.Model):
         sa.CheckConstraint(sa.column("category").in_([c.value for c in gate.Category]),
                            name="category"),
         sa.Index("ix_outbox_messages_due", "status", "next_attempt_at"),
+        # A campaign queues one message per contact, however often its job is resumed.
+        sa.UniqueConstraint("campaign_id", "contact_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -56,6 +58,7 @@ class OutboxMessage(db.Model):
     list_id: Mapped[int | None] = mapped_column(sa.ForeignKey("mailing_lists.id"))
     consent_slug: Mapped[str | None] = mapped_column(sa.String(60))
     in_reply_to: Mapped[str | None] = mapped_column(sa.String(250))
+    campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id"))
     sender: Mapped[str] = mapped_column(sa.String(254))
     recipient: Mapped[str] = mapped_column(sa.String(254))
     subject: Mapped[str] = mapped_column(sa.String(998))
@@ -85,6 +88,7 @@ def enqueue(
     in_reply_to: str | None = None,
     headers: dict[str, str] | None = None,
     sender: str | None = None,
+    campaign_id: int | None = None,
 ) -> OutboxMessage:
     """Queue a message in the current transaction, or raise MessageRejected if malformed.
 
@@ -111,6 +115,7 @@ def enqueue(
         subject=subject, text_body=text_body, html_body=html_body, headers=headers,
         contact_id=contact.id if contact else None, list_id=list_id,
         consent_slug=consent_slug, in_reply_to=in_reply_to, created_at=utcnow(),
+        campaign_id=campaign_id,
     )
     decision = gate.decide(category, recipient=recipient, contact=contact, list_id=list_id,
                            in_reply_to=in_reply_to, consent_slug=consent_slug,

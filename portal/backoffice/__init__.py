@@ -46,5 +46,11 @@ def role_required(*roles: str):
 
 # The areas register their views on bp when imported.
 from portal.backoffice import auth  # noqa: E402,F401
+from portal.backoffice import campaigns  # noqa: E402,F401
+from portal.backoffice import contacts  # noqa: E402,F401
+from portal.backoffice import erasure  # noqa: E402,F401
+from portal.backoffice import forms  # noqa: E402,F401
 from portal.backoffice import jobs  # noqa: E402,F401
 from portal.backoffice import mail  # noqa: E402,F401
+from portal.backoffice import optin  # noqa: E402,F401
+from portal.backoffice import settings  # noqa: E402,F401

@@ -249,4 +249,6 @@ def undo(token: str):
 
 
 # The way back in registers its views on the same blueprint.
+from portal.preferences import double_opt_in  # noqa: E402,F401
 from portal.preferences import fresh_link  # noqa: E402,F401
+from portal.preferences import one_click  # noqa: E402,F401

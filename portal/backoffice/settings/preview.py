@@ -1,0 +1,99 @@
+"""The preview: a contact's preference page exactly as they would see it, forms disabled.
+
+The frame renders the real page's template through the real page's functions (``page_for``
+and the page's context), for a contact on file or one typed in that exists only in memory.
+It is served with a sandbox that allows no script and no form, and carries no working link:
+the page's token is a placeholder, so nothing can be submitted as the contact.
+"""
+
+from flask import abort
+from flask import g
+from flask import make_response
+from flask import render_template
+from flask import request
+from flask_babel import gettext as _
+from flask_babel import refresh
+
+from portal import catalogue
+from portal.backoffice import bp
+from portal.backoffice import role_required
+from portal.backoffice.settings.forms import PreviewForm
+from portal.choices import page_for
+from portal.preferences import _manage_context
+
+#: What stands where the page's token would be: not a token, so every action on it fails.
+PREVIEW_TOKEN = "preview"
+
+# No script, no form submission, no navigation; only the portal's own stylesheet loads.
+FRAME_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'none'; "
+    "base-uri 'none'; frame-ancestors 'self'; sandbox"
+)
+
+
+def _preview_contact(form: PreviewForm):
+    """Return the contact to preview and how to name it, or (None, error message)."""
+    if form.contact.data:
+        contact = catalogue.find_contact(form.contact.data)
+        if contact is None or contact.erased_at is not None:
+            return None, _("No contact has this email address or public id.")
+        return contact, _("the contact %(ref)s", ref=contact.public_id)
+    typed = {name: form[name].data for name in catalogue.PREVIEW_COLUMNS if name in form}
+    typed.update(
+        {
+            field.name: request.args.get(f"attr-{field.name}", "").strip()[:200]
+            for field in catalogue.rule_fields()
+            if not field.builtin
+        }
+    )
+    return catalogue.transient_contact(typed), _("a contact with the values typed in")
+
+
+def _form() -> PreviewForm:
+    return PreviewForm(request.args)
+
+
+@bp.get("/settings/preview")
+@role_required("admin")
+def settings_preview():
+    """Choose a contact, or type attribute values, and see their page in a marked frame."""
+    form = _form()
+    custom = [field for field in catalogue.rule_fields() if not field.builtin]
+    context = {"form": form, "custom": custom, "typed": request.args}
+    if not request.args or not form.validate():
+        return render_template("backoffice/settings/preview.html", **context)
+    contact, described = _preview_contact(form)
+    if contact is None:
+        form.contact.errors = [described]
+        return render_template("backoffice/settings/preview.html", **context)
+    page = page_for(contact)
+    return render_template(
+        "backoffice/settings/preview.html",
+        page=page,
+        described=described,
+        frame_query=request.query_string.decode(),
+        **context,
+    )
+
+
+@bp.get("/settings/preview/page")
+@role_required("admin")
+def settings_preview_page():
+    """Render the contact's page itself, for the preview's frame."""
+    form = _form()
+    if not form.validate():
+        abort(404)
+    contact, _described = _preview_contact(form)
+    if contact is None:
+        abort(404)
+    # As on the real page: the contact's own language first. The form has already asked for
+    # the staff member's language, so the choice is made again.
+    g.contact_language = contact.language
+    refresh()
+    html = render_template(
+        "preferences/manage.html", **_manage_context(PREVIEW_TOKEN, page_for(contact))
+    )
+    response = make_response(html)
+    response.headers["Content-Security-Policy"] = FRAME_POLICY
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response

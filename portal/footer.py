@@ -1,0 +1,131 @@
+"""The email footer (N4): staff-written, sanitized, rendered in Jinja's sandbox for each contact.
+
+Staff write the footer as HTML in the settings (sanitized with nh3 when saved). It is a
+template: ``{{ preferences_url }}`` is the contact's own preference link, ``{{ first_name }}``,
+``{{ last_name }}`` and ``{{ name }}`` their name, and ``{{ fields.<name> }}`` a custom field,
+masked when sensitive (SECURITY.md 15). Whatever staff write, the preference link is in every
+footer: a footer that leaves it out, or fails to render, gets the default line added.
+"""
+
+import html
+import logging
+from html.parser import HTMLParser
+
+from flask_babel import force_locale
+from flask_babel import gettext as _
+from jinja2 import TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
+from markupsafe import escape
+
+from portal import settings
+from portal.contacts import Contact
+from portal.contacts import field_value
+from portal.links import manage_url
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "-- "  # the signature separator mail clients recognise (RFC 3676)
+
+_environment = SandboxedEnvironment(autoescape=True)
+
+
+def _context(contact: Contact, url: str) -> dict:
+    """Return what a footer template may use: the link and masked values only."""
+    fields = {value.field.name: field_value(contact, value.field.name) for value in contact.values}
+    return {
+        "preferences_url": url,
+        "first_name": contact.first_name or "",
+        "last_name": contact.last_name or "",
+        "name": contact.display_name,
+        "fields": fields,
+    }
+
+
+class _TextWriter(HTMLParser):
+    """Turn the footer's small HTML (the settings' allowed tags) into plain text."""
+
+    BREAKS = {"p", "br", "li", "h2", "h3", "ul", "ol"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.links: list[str | None] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BREAKS:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+        if tag == "a":
+            self.links.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self.links:
+            href = self.links.pop()
+            text = "".join(self.parts).rstrip()
+            if href and not text.endswith(href):
+                self.parts.append(f" <{href}>")
+        elif tag in self.BREAKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+    def text(self) -> str:
+        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
+        return "\n".join(line for line in lines if line)
+
+
+def html_to_text(fragment: str) -> str:
+    """Return the plain-text reading of a small HTML fragment, links written out."""
+    writer = _TextWriter()
+    writer.feed(fragment)
+    writer.close()
+    return writer.text()
+
+
+def _default_html(url: str) -> str:
+    link = Markup('<a href="{0}">{0}</a>').format(url)
+    return str(
+        Markup("<p>{}</p>").format(escape(_("Your email preferences: %(link)s")) % {"link": link})
+    )
+
+
+def render(contact: Contact) -> tuple[str, str]:
+    """Return the footer for this contact as (text, html)."""
+    with force_locale(contact.language or "en"):
+        return _render(contact)
+
+
+def _render(contact: Contact) -> tuple[str, str]:
+    url = manage_url(contact)
+    source = settings.values()["footer_html"] or ""
+    rendered = ""
+    if source.strip():
+        try:
+            rendered = _environment.from_string(source).render(_context(contact, url))
+        except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
+            # A footer staff saved but that cannot render must not stop the mail going out.
+            log.warning(
+                "the email footer does not render (%s); the default is used", type(error).__name__
+            )
+            rendered = ""
+        # The output is sanitized again: the template may have assembled tags from pieces.
+        rendered = settings.sanitize_html(rendered)
+    if url not in html.unescape(rendered):
+        rendered += _default_html(url)
+    return html_to_text(rendered), rendered
+
+
+def add_footer(text: str, html_body: str | None, contact: Contact) -> tuple[str, str | None]:
+    """Return the text and HTML parts of a mail with the contact's footer appended to each."""
+    footer_text, footer_html = render(contact)
+    text = f"{text.rstrip()}\n\n{SEPARATOR}\n{footer_text}\n"
+    if html_body is not None:
+        block = f'<div class="footer">{footer_html}</div>'
+        if "</body>" in html_body:
+            html_body = html_body.replace("</body>", block + "</body>", 1)
+        else:
+            html_body = html_body + block
+    return text, html_body

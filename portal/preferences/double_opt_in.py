@@ -1,0 +1,46 @@
+"""The double opt-in link's page (M2, R1): GET shows one button, only its POST confirms.
+
+A mail scanner that opens the link (GET or HEAD) changes nothing and uses up nothing.
+"""
+
+from flask import render_template
+
+from portal import doi
+from portal.db import db
+from portal.links import make_token
+from portal.preferences import BadLink
+from portal.preferences import _contact_from
+from portal.preferences import _evidence
+from portal.preferences import bp
+
+
+def _request_for(token: str):
+    contact, payload = _contact_from("doi", token)
+    doi_request = doi.request_of(contact, str(payload.get("d", "")))
+    if doi_request is None:
+        raise BadLink(expired=False)
+    if doi_request.status == "expired":
+        raise BadLink(expired=True)
+    return contact, doi_request
+
+
+@bp.get("/d/<token>")
+def doi_page(token: str):
+    """Show what confirming means, with one button."""
+    contact, doi_request = _request_for(token)
+    return render_template(
+        "preferences/doi_confirm.html", token=token, doi_request=doi_request, contact=contact
+    )
+
+
+@bp.post("/d/<token>")
+def doi_confirm(token: str):
+    """Set Double opt-in, once, and thank the contact."""
+    contact, doi_request = _request_for(token)
+    status, _row = doi.confirm(contact, doi_request.public_id, evidence=_evidence())
+    if status in ("unknown", "expired"):
+        raise BadLink(expired=status == "expired")
+    db.session.commit()
+    return render_template(
+        "preferences/doi_confirmed.html", status=status, manage_token=make_token("manage", contact)
+    )

@@ -1,0 +1,60 @@
+"""The unsubscribe link of campaign mail (M7, N5, SECURITY.md 2).
+
+A mail client's one-click button POSTs to it (RFC 8058): no cookie, no CSRF token, no Origin.
+That POST takes the contact off that one list at once, commits, and answers 200 with a short
+page: no redirect, no cookie. A person (or a mail scanner) who opens the link with GET changes
+nothing: they land on their preference page with that list highlighted and its one button.
+"""
+
+import hashlib
+import logging
+
+from flask import g
+from flask import redirect
+from flask import render_template
+from flask import url_for
+
+from portal import csrf
+from portal import unsubscribe
+from portal.db import db
+from portal.links import TokenInvalid
+from portal.links import make_token
+from portal.preferences import BadLink
+from portal.preferences import _evidence
+from portal.preferences import bp
+
+log = logging.getLogger(__name__)
+
+
+def _named_by(token: str):
+    """Return the contact and list an unsubscribe token names, or raise BadLink (a 404)."""
+    try:
+        contact, mailing_list = unsubscribe.read_token(token)
+    except TokenInvalid as error:
+        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+        log.info("refused unsubscribe link %s: %s", digest, error)
+        raise BadLink(expired=False) from None
+    g.contact_language = contact.language
+    return contact, mailing_list
+
+
+@bp.get("/o/<token>")
+def unsubscribe_page(token: str):
+    """Land on the preference page with the link's list highlighted; change nothing."""
+    contact, mailing_list = _named_by(token)
+    # The unsubscribe token never expires, the page link does: a fresh one is made here.
+    target = url_for(
+        "preferences.manage", token=make_token("manage", contact), list=mailing_list.slug
+    )
+    return redirect(target, code=303)
+
+
+@bp.post("/o/<token>")
+@csrf.exempt  # RFC 8058: the mail client's POST carries no token; this link can only unsubscribe
+def one_click(token: str):
+    """Leave the link's list at once and say so, with no redirect and no cookie."""
+    contact, mailing_list = _named_by(token)
+    unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence())
+    # Committed before answering: a mail client takes the 200 as "done".
+    db.session.commit()
+    return render_template("preferences/unsubscribed.html", mailing_list=mailing_list, token=token)

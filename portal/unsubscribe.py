@@ -1,0 +1,122 @@
+"""One-click unsubscribe (M7, RFC 2369, RFC 8058): its token, its headers and what it does.
+
+The token names a contact and a list, and nothing else: no expiry and no link version, so an
+unsubscribe link in a mail from years ago still works. It is signed with its own key set
+(``unsubscribe``), so rotating the link or session keys never breaks it, and its salt is
+its own, so it can do nothing but unsubscribe from that one list.
+"""
+
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from flask import current_app
+from itsdangerous import BadData
+from itsdangerous import URLSafeSerializer
+
+from portal import changes
+from portal import lists
+from portal import webforms
+from portal.choices import LIST
+from portal.contacts import Contact
+from portal.db import db
+from portal.keys import UnknownKey
+from portal.keys import keyset
+from portal.ledger import Evidence
+from portal.links import TokenInvalid
+from portal.links import public_url
+
+SALT = "portal.unsubscribe"
+METHOD = "one_click"
+
+
+def _serializer(key: bytes) -> URLSafeSerializer:
+    return URLSafeSerializer(key, salt=SALT)
+
+
+def make_token(contact: Contact, mailing_list: lists.MailingList) -> str:
+    """Return the long-lived unsubscribe token naming this contact and this list."""
+    keys = keyset("unsubscribe")
+    signed = _serializer(keys.active_key).dumps([contact.public_id, mailing_list.id])
+    return f"{keys.active_id}.{signed}"
+
+
+def read_token(token: str) -> tuple[Contact, lists.MailingList]:
+    """Return the contact and list a token names, or raise TokenInvalid."""
+    key_id, _, signed = (token or "").partition(".")
+    try:
+        payload = _serializer(keyset("unsubscribe").key(key_id)).loads(signed)
+    except (UnknownKey, BadData):
+        raise TokenInvalid("the unsubscribe link is not valid") from None
+    if (
+        not isinstance(payload, list)
+        or len(payload) != 2
+        or not isinstance(payload[0], str)
+        or not isinstance(payload[1], int)
+        or isinstance(payload[1], bool)
+    ):
+        raise TokenInvalid("the unsubscribe link is not valid")
+    # One query for both: this is the hot path of a mail client's unsubscribe button.
+    found = db.session.execute(
+        sa.select(Contact, lists.MailingList)
+        .join(lists.MailingList, lists.MailingList.id == payload[1])
+        .where(Contact.public_id == payload[0])
+    ).first()
+    contact, mailing_list = found if found is not None else (None, None)
+    if contact is None or contact.erased_at is not None or mailing_list is None:
+        raise TokenInvalid("the unsubscribe link names nobody on file")
+    return contact, mailing_list
+
+
+def one_click_url(contact: Contact, mailing_list: lists.MailingList) -> str:
+    """Return the https URL a mail client POSTs to (and a person opens), from the base URL."""
+    return public_url(f"/o/{make_token(contact, mailing_list)}")
+
+
+def visible_url(contact: Contact, mailing_list: lists.MailingList) -> str:
+    """Return the unsubscribe link for a mail's body: it lands on the preference page (N5)."""
+    return one_click_url(contact, mailing_list)
+
+
+def headers(contact: Contact, mailing_list: lists.MailingList) -> dict[str, str]:
+    """Return the List-Unsubscribe and List-Unsubscribe-Post headers of a campaign mail."""
+    url = one_click_url(contact, mailing_list)
+    targets = [f"<{url}>"]
+    inbound = current_app.config.get("PORTAL_UNSUBSCRIBE_MAILTO")
+    if inbound:
+        token = make_token(contact, mailing_list)
+        targets.append(f"<mailto:{inbound}?subject={quote('unsubscribe ' + token)}>")
+    return {
+        "List-Unsubscribe": ", ".join(targets),
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def unsubscribe(
+    contact: Contact, mailing_list: lists.MailingList, *, evidence: Evidence | None = None
+) -> bool:
+    """Take the contact off this list only, at once; return whether anything changed.
+
+    Leaving cancels the pending grants of the same list (a page's confirmation link, a
+    web-form sign-up awaiting its double opt-in), so an old link cannot undo this "no" (R5).
+    A second call changes nothing: nor does it cancel an ask to join again made since.
+    """
+    # Two simultaneous POSTs (a mail client retrying) must give one event: lock the row.
+    current = db.session.get(
+        lists.Subscription, (contact.id, mailing_list.id), with_for_update=True
+    )
+    if current is None or current.status != "subscribed":
+        return False
+    lists.set_subscription(
+        contact,
+        mailing_list,
+        False,
+        method=METHOD,
+        actor="contact",
+        evidence_ref=f"list:{mailing_list.slug}",
+        evidence=evidence,
+    )
+    withdrawn = [changes.Item(LIST, mailing_list.slug, False)]
+    # The page's own rule for withdrawals, so both ways of leaving a list cancel alike.
+    changes._cancel_pending_grants(contact, withdrawn)
+    webforms.forget_list(contact, mailing_list)
+    return True

@@ -1,0 +1,196 @@
+"""Web-form sign-ups (M2): a business's own site posts an address and lists to the portal.
+
+A sign-up creates or updates a lead (None, or Single opt-in (webform) when the marketing box
+is ticked, per M5), joins the chosen public lists and sends the double opt-in mail. For an
+address that opted out, nothing changes: the lists wait in a sign-up request until the double
+opt-in is confirmed (`apply_confirmed`). Whatever happens, the visitor reads the same answer:
+known, unknown, suppressed, rate-limited or caught by the honeypot (SECURITY.md 12).
+"""
+
+import hashlib
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import render_template
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from portal import contacts
+from portal import doi
+from portal import lists
+from portal import optin
+from portal import suppression
+from portal.contacts import OPT_OUTS
+from portal.contacts import Contact
+from portal.db import db
+from portal.db import utcnow
+from portal.hardening import quietly_allowed
+from portal.ledger import Evidence
+from portal.links import public_url
+
+PER_ADDRESS = "5 per hour"
+PER_IP = "30 per hour"
+METHOD = "webform"
+ACTOR = "webform"
+STATUSES = ("pending", "applied", "cancelled")
+#: The honeypot: a field people never see (hidden) and bots fill in.
+HONEYPOT = "website"
+
+
+class UnknownList(LookupError):
+    """A form names a list that does not exist or is not public."""
+
+
+class SignupRequest(db.Model):
+    """The lists an opted-out address asked to join, waiting for its double opt-in."""
+
+    __tablename__ = "signup_requests"
+    __table_args__ = (sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(
+        sa.String(32), unique=True, default=lambda: secrets.token_urlsafe(16)
+    )
+    contact_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
+    list_ids: Mapped[list] = mapped_column(sa.JSON)
+    status: Mapped[str] = mapped_column(sa.String(10), default="pending")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+
+def public_lists() -> list[lists.MailingList]:
+    """Return the lists a web form may offer, by name."""
+    statement = sa.select(lists.MailingList).where(lists.MailingList.public.is_(True))
+    return list(db.session.scalars(statement.order_by(lists.MailingList.name)))
+
+
+def find_lists(slugs: list[str]) -> list[lists.MailingList]:
+    """Return the public lists with these slugs (once each), or raise UnknownList."""
+    wanted = list(dict.fromkeys(slug for slug in slugs if slug))
+    found = {
+        item.slug: item
+        for item in db.session.scalars(
+            sa.select(lists.MailingList).where(
+                lists.MailingList.slug.in_(wanted), lists.MailingList.public.is_(True)
+            )
+        )
+    }
+    missing = [slug for slug in wanted if slug not in found]
+    if missing or not wanted:
+        raise UnknownList(", ".join(missing) or "no list")
+    return [found[slug] for slug in wanted]
+
+
+def snippet(mailing_list: lists.MailingList) -> str:
+    """Return the HTML form a business copies onto its own site to sign people up."""
+    return render_template(
+        "signup/_snippet.html",
+        mailing_list=mailing_list,
+        action=public_url(f"/f/{mailing_list.slug}"),
+        honeypot=HONEYPOT,
+    ).strip()
+
+
+def sign_up(
+    address: str,
+    mailing_lists: list[lists.MailingList],
+    *,
+    marketing: bool,
+    client_ip: str | None,
+    first_name: str | None = None,
+    language: str | None = None,
+    evidence: Evidence | None = None,
+) -> None:
+    """Record a web-form sign-up in the current transaction; do nothing where nothing may be.
+
+    Raises contacts.InvalidEmail for a malformed address; everything else (a suppressed
+    address, an erased or locked contact, a limit reached) ends quietly.
+    """
+    normalised = contacts.normalise_email(address)
+    digest = hashlib.sha256(normalised.encode()).hexdigest()
+    # Both limits are counted on every attempt, so neither tells anything apart.
+    within_ip = quietly_allowed(PER_IP, "signup-ip", client_ip or "")
+    within_address = quietly_allowed(PER_ADDRESS, "signup-address", digest)
+    if not (within_ip and within_address) or suppression.is_suppressed(normalised):
+        return
+    contact = contacts.find_by_email(normalised)
+    if contact is None:
+        contact = contacts.add_contact(
+            normalised,
+            first_name=(first_name or "").strip()[:100] or None,
+            language=language,
+            method=METHOD,
+            actor=ACTOR,
+        )
+    if contact.erasure_requested_at is not None:
+        return
+    if contact.opt_in_status in OPT_OUTS or contact.processing_stopped_at is not None:
+        # Nothing changes for an address that opted out until the double opt-in is confirmed.
+        if marketing:
+            db.session.add(
+                SignupRequest(contact_id=contact.id, list_ids=[item.id for item in mailing_lists])
+            )
+            db.session.flush()
+            doi.send_request(contact, source="webform", actor=ACTOR)
+        return
+    for mailing_list in mailing_lists:
+        lists.set_subscription(
+            contact, mailing_list, True, method=METHOD, actor=ACTOR, evidence=evidence
+        )
+    if marketing:
+        optin.transition(
+            contact, optin.Event.WEBFORM_TICKED, actor=ACTOR, method=METHOD, evidence=evidence
+        )
+        doi.send_request(contact, source="webform", actor=ACTOR)
+
+
+def pending_of(contact: Contact) -> list[SignupRequest]:
+    """Return the contact's sign-up requests still waiting for the double opt-in."""
+    statement = sa.select(SignupRequest).where(
+        SignupRequest.contact_id == contact.id, SignupRequest.status == "pending"
+    )
+    return list(db.session.scalars(statement.order_by(SignupRequest.id)))
+
+
+def apply_confirmed(contact: Contact, *, evidence: Evidence | None = None) -> int:
+    """Join the lists the contact's waiting sign-ups asked for, now that the double opt-in is
+    confirmed; return how many lists were joined."""
+    joined = 0
+    for waiting in pending_of(contact):
+        for list_id in waiting.list_ids:
+            mailing_list = db.session.get(lists.MailingList, list_id)
+            if mailing_list is None:
+                continue
+            current = db.session.get(lists.Subscription, (contact.id, list_id))
+            if current is None or current.status != "subscribed":
+                lists.set_subscription(
+                    contact,
+                    mailing_list,
+                    True,
+                    method=METHOD,
+                    actor="contact",
+                    evidence_ref=f"signup:{waiting.public_id}",
+                    evidence=evidence,
+                )
+                joined += 1
+        waiting.status, waiting.decided_at = "applied", utcnow()
+    db.session.flush()
+    return joined
+
+
+@doi.on_confirm
+def _join_waiting_lists(contact: Contact, request: doi.DoiRequest) -> None:
+    # Runs in the confirmation's transaction: the lists and the status change together.
+    apply_confirmed(contact)
+
+
+def forget_list(contact: Contact, mailing_list: lists.MailingList) -> None:
+    """Drop a list from the contact's waiting sign-ups: leaving it outranks an older ask."""
+    for waiting in pending_of(contact):
+        if mailing_list.id in waiting.list_ids:
+            waiting.list_ids = [item for item in waiting.list_ids if item != mailing_list.id]
+            if not waiting.list_ids:
+                waiting.status, waiting.decided_at = "cancelled", utcnow()
