@@ -130,9 +130,13 @@ def _one_click_counts(database_url: str) -> tuple[int, int]:
         events = connection.exec_driver_sql(
             "SELECT count(*) FROM ledger_events WHERE method = 'one_click'"
         ).scalar_one()
-        ended = connection.exec_driver_sql(
-            "SELECT count(*) FROM subscriptions JOIN mailing_lists ON mailing_lists.id = list_id "
-            "WHERE status = 'unsubscribed' AND slug LIKE 'bench-%'"
+        ended = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM subscriptions JOIN mailing_lists "
+                "ON mailing_lists.id = list_id "
+                "WHERE status = 'unsubscribed' AND slug IN :slugs"
+            ).bindparams(sa.bindparam("slugs", expanding=True)),
+            {"slugs": list(LISTS)},
         ).scalar_one()
     engine.dispose()
     return events, ended

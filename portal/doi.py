@@ -128,7 +128,8 @@ def _queue_mail(
         )
 
 
-def _latest(contact: Contact) -> DoiRequest | None:
+def latest_request(contact: Contact) -> DoiRequest | None:
+    """Return the contact's most recently mailed double opt-in request, if any."""
     return db.session.scalar(
         sa.select(DoiRequest)
         .where(DoiRequest.contact_id == contact.id)
@@ -156,7 +157,7 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
     # the contact's row is locked until the transaction ends (PostgreSQL; SQLite serialises).
     db.session.execute(sa.select(Contact.id).where(Contact.id == contact.id).with_for_update())
     now = utcnow()
-    latest = _latest(contact)
+    latest = latest_request(contact)
     if latest is not None and latest.last_sent_at > now - RESEND_AFTER:
         return _not_sent("recently_sent")
     decision = gate.decide(_category(source), recipient=contact.email, contact=contact)

@@ -163,7 +163,7 @@ def test_invalid_filter_values_get_a_message_never_an_error(admin_client, people
     response = _list(
         admin_client,
         "opt_in=maybe&consent.nope=granted&consent.tracking=perhaps&erasure=sometimes"
-        "&list=nope&page=x&q=" + "a" * 101,
+        "&list=nope&page=%C2%B2&q=" + "a" * 101,
     )
     text = unescape(response.text)
     assert "“maybe” is not an opt-in status" in text
@@ -284,19 +284,22 @@ def test_a_saved_filter_is_deleted_by_its_author_not_by_another_agent(app, admin
         data={"csrf_token": csrf_token(page), "name": "UK", "query": "region=UK"},
     )
     saved = db.session.scalar(sa.select(SavedFilter))
+    url = f"/staff/contacts/filters/{saved.id}/delete"
     agent = _browser(app, "agent@example.com", "agent")
+    assert agent.get(url).status_code == 403
     token = csrf_token(_list(agent).text)
-    assert (
-        agent.post(
-            f"/staff/contacts/filters/{saved.id}/delete", data={"csrf_token": token}
-        ).status_code
-        == 403
-    )
-    token = csrf_token(_list(admin_client).text)
-    deleted = admin_client.post(
-        f"/staff/contacts/filters/{saved.id}/delete", data={"csrf_token": token}
-    )
+    assert agent.post(url, data={"csrf_token": token}).status_code == 403
+    # The list links to a page that asks; only its POST deletes.
+    listing = _list(admin_client).text
+    assert f'href="{url}"' in listing
+    confirm = admin_client.get(url)
+    assert "Delete the saved filter “UK”?" in unescape(confirm.text)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(SavedFilter)) == 1
+    deleted = admin_client.post(url, data={"csrf_token": csrf_token(confirm.text)})
     assert deleted.status_code == 303
+    assert "The saved filter “UK” is deleted." in unescape(
+        admin_client.get(deleted.headers["Location"]).text
+    )
     assert db.session.scalar(sa.select(sa.func.count()).select_from(SavedFilter)) == 0
 
 

@@ -2,6 +2,8 @@
 24-hour limit, reminders and pruning under frozen time, and the whole-list job."""
 
 import re
+import secrets
+import threading
 import time
 from datetime import UTC
 from datetime import datetime
@@ -443,3 +445,67 @@ def test_the_list_job_can_be_run_from_the_command_line(app, runner, smtp):
     result = runner.invoke(args=["doi", "send", "member@example.test"])
     assert result.exit_code != 0 and "less than 24 hours ago" in result.output
     assert "no contact" in runner.invoke(args=["doi", "send", "x@example.test"]).output
+
+
+# --- Two confirmations at once (PostgreSQL) ----------------------------------------------------
+
+
+def test_two_simultaneous_confirmations_give_one_event(base_app, smtp):
+    # Commits for real (no rollback fixture): two browsers press the button at the same moment.
+    with base_app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("SQLite serialises writers; the race is PostgreSQL's")
+        address = f"race-{secrets.token_hex(4)}@example.test"
+        contact = sign_up(address)
+        db.session.commit()
+        contact_id, public_ref = contact.id, contact.public_id
+        path = link_of(received(smtp, contact)[0])
+
+    browsers = []
+    for _ in range(2):
+        browser = base_app.test_client()
+        browser.environ_base["HTTP_REFERER"] = "https://localhost/"
+        browsers.append(browser)
+    try:
+        with base_app.app_context():
+            forms = [read_form(browser.get(path).text)[1] for browser in browsers]
+        barrier = threading.Barrier(2)
+        pages: list[str] = []
+        errors: list[BaseException] = []
+
+        def press_at_once(browser, form) -> None:
+            try:
+                with base_app.app_context():  # each browser in its own context and session
+                    barrier.wait(timeout=10)
+                    response = browser.post(path, data=form)
+                assert response.status_code == 200
+                pages.append(response.text)
+            except BaseException as error:  # reported below, in the test's thread
+                errors.append(error)
+                barrier.abort()
+
+        threads = [
+            threading.Thread(target=press_at_once, args=pair)
+            for pair in zip(browsers, forms, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not errors, errors
+        assert sorted("Already confirmed" in page for page in pages) == [False, True]
+        with base_app.app_context():
+            doubles = [
+                e
+                for e in ledger.history(public_ref)
+                if e.subject_type == "opt_in" and e.value_to == "double"
+            ]
+            assert len(doubles) == 1
+            assert ledger.verify().ok
+    finally:
+        with base_app.app_context():
+            db.session.rollback()
+            for model in (outbox.OutboxMessage, doi.DoiRequest):
+                db.session.execute(sa.delete(model).where(model.contact_id == contact_id))
+            db.session.execute(sa.delete(Contact).where(Contact.id == contact_id))
+            db.session.commit()

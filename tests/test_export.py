@@ -143,6 +143,7 @@ def test_an_unfinished_or_other_job_has_no_file(agent_client, people):
     assert agent_client.get(f"/staff/contacts/exports/{job.id}.csv").status_code == 404
     assert agent_client.get(f"/staff/contacts/exports/{other.id}.csv").status_code == 404
     assert agent_client.get("/staff/contacts/exports/999999.csv").status_code == 404
+    assert agent_client.get(f"/staff/contacts/exports/{10**20}.csv").status_code == 404
 
 
 def test_an_export_with_a_filter_that_makes_no_sense_is_not_started(agent_client, people):

@@ -8,6 +8,7 @@ from flask import url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 
+from portal import doi
 from portal import htmx
 from portal import jobs
 from portal.backoffice import bp
@@ -16,7 +17,11 @@ from portal.db import db
 from portal.reencryption import REENCRYPT
 
 #: Jobs staff may start from the jobs page, by role.
-STARTABLE = {REENCRYPT.name: ("admin",)}
+STARTABLE = {
+    REENCRYPT.name: ("admin",),
+    doi.REMIND.name: ("admin",),
+    doi.PRUNE.name: ("admin",),
+}
 
 
 @bp.get("/jobs")

@@ -37,6 +37,7 @@ def optin_helpers():
         "optin_status_meanings": optin.STATUS_MEANINGS,
         "optin_event_words": optin.EVENT_WORDS,
         "optin_notes_of": optin.notes_of,
+        "optin_latest_request": doi.latest_request,
     }
 
 

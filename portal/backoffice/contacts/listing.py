@@ -1,11 +1,13 @@
 """The contact list: filters in the query string, saved filters, and the CSV export."""
 
+import re
 from urllib.parse import urlencode
 
 from flask import abort
 from flask import flash
 from flask import make_response
 from flask import redirect
+from flask import render_template
 from flask import request
 from flask import url_for
 from flask_babel import gettext as _
@@ -22,6 +24,8 @@ from portal.db import db
 from portal.optin import STATUS_WORDS
 
 STAFF = ("admin", "agent")
+# A row id in a URL: a number past PostgreSQL's integer range is simply not found.
+ROW_ID = "int(max=2147483647)"
 
 
 def list_url(filters: contact_filters.Filters, page: int | None = None) -> str:
@@ -34,12 +38,13 @@ def list_url(filters: contact_filters.Filters, page: int | None = None) -> str:
 def _page_number(value: str | None) -> tuple[int, str | None]:
     if value is None or value == "":
         return 1, None
-    if value.isdigit() and 0 < int(value) < 100_000:
+    # Only ASCII digits: str.isdigit() also accepts "²", which int() refuses.
+    if re.fullmatch(r"[0-9]{1,5}", value) and int(value) > 0:
         return int(value), None
     return 1, _("“%(value)s” is not a page number; the first page is shown.", value=value[:20])
 
 
-def _render_list(filters, errors, number=1, *, save_errors=None, saved_name="", status=200):
+def _render_list(filters, errors, number=1, *, save_errors=None, saved_name=""):
     result = contact_filters.page(filters, number)
     context = dict(
         filters=filters,
@@ -55,11 +60,9 @@ def _render_list(filters, errors, number=1, *, save_errors=None, saved_name="", 
         saved_name=saved_name,
         status_words=STATUS_WORDS,
     )
-    response = htmx.render(
+    return htmx.render(
         "backoffice/contacts/list.html", "backoffice/contacts/_results.html", **context
     )
-    response.status_code = status
-    return response
 
 
 def _requested() -> str:
@@ -106,13 +109,26 @@ def contacts_filter_save():
     return redirect(list_url(filters), code=303)
 
 
-@bp.post("/contacts/filters/<int:filter_id>/delete")
-@role_required(*STAFF)
-def contacts_filter_delete(filter_id: int):
-    """Delete a saved filter (its author or an admin)."""
+def _deletable_filter(filter_id: int) -> contact_filters.SavedFilter:
     saved = db.get_or_404(contact_filters.SavedFilter, filter_id)
     if saved.created_by_id not in (None, current_user.id) and not current_user.is_admin:
         abort(403)
+    return saved
+
+
+@bp.get(f"/contacts/filters/<{ROW_ID}:filter_id>/delete")
+@role_required(*STAFF)
+def contacts_filter_confirm_delete(filter_id: int):
+    """Ask before deleting a saved filter."""
+    saved = _deletable_filter(filter_id)
+    return render_template("backoffice/contacts/filter_delete.html", saved=saved)
+
+
+@bp.post(f"/contacts/filters/<{ROW_ID}:filter_id>/delete")
+@role_required(*STAFF)
+def contacts_filter_delete(filter_id: int):
+    """Delete a saved filter (its author or an admin)."""
+    saved = _deletable_filter(filter_id)
     db.session.delete(saved)
     db.session.commit()
     flash(_("The saved filter “%(name)s” is deleted.", name=saved.name))
@@ -137,7 +153,7 @@ def contacts_export():
     return redirect(url_for("backoffice.jobs_show", job_id=job.id), code=303)
 
 
-@bp.get("/contacts/exports/<int:job_id>.csv")
+@bp.get(f"/contacts/exports/<{ROW_ID}:job_id>.csv")
 @role_required(*STAFF)
 def contacts_export_download(job_id: int):
     """Download a finished CSV export."""

@@ -68,7 +68,9 @@ def rule_count(rule_form) -> dict:
     """Return what the count beside a rule editor shows: a number, or why there is none."""
     rule, valid = rule_from(rule_form)
     if not valid:
-        return {"error": _("Correct the conditions marked below to see a count.")}
+        reasons = [error for entry in rule_form.rows for error in entry.form.value.errors]
+        reason = (reasons or list(rule_form.combine.errors) or [""])[0]
+        return {"error": _("Not counted: %(reason)s", reason=reason)}
     return {"count": catalogue.count_matching(rule)}
 
 

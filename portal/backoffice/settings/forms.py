@@ -19,6 +19,7 @@ from wtforms import TextAreaField
 from wtforms.validators import DataRequired
 from wtforms.validators import InputRequired
 from wtforms.validators import Length
+from wtforms.validators import NumberRange
 from wtforms.validators import Optional
 
 from portal import rules
@@ -85,7 +86,9 @@ class RuleForm(Form):
 
 class SettingsForm(FlaskForm):
     based_on = IntegerField(
-        widget=HiddenField.widget, default=0, validators=[InputRequired(STALE_FORM)]
+        widget=HiddenField.widget,
+        default=0,
+        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
     )
     page_enabled = BooleanField(_l("Contacts can use the preference page"))
     audience = FormField(RuleForm, label=_l("Who may use the page (audience)"))
@@ -118,7 +121,9 @@ class NewConsentForm(ConsentForm):
 
 class EditConsentForm(ConsentForm):
     based_on = IntegerField(
-        widget=HiddenField.widget, default=0, validators=[InputRequired(STALE_FORM)]
+        widget=HiddenField.widget,
+        default=0,
+        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
     )
     material = BooleanField(
         _l("Material change: ask again everyone who accepted an earlier wording")
@@ -131,7 +136,9 @@ class RetireForm(FlaskForm):
 
 class ListForm(FlaskForm):
     based_on = IntegerField(
-        widget=HiddenField.widget, default=0, validators=[InputRequired(STALE_FORM)]
+        widget=HiddenField.widget,
+        default=0,
+        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
     )
     name = StringField(_l("Name"), validators=[DataRequired(), Length(max=120)])
     description = TextAreaField(_l("Description"), validators=[Length(max=2000)])

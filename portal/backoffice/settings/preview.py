@@ -1,7 +1,8 @@
 """The preview: a contact's preference page exactly as they would see it, forms disabled.
 
 The frame renders the real page's template through the real page's functions (``page_for``
-and the page's context), for a contact on file or one typed in that exists only in memory.
+and the page's context), for a contact on file or one typed in (held in a rolled-back
+savepoint while its page is built).
 It is served with a sandbox that allows no script and no form, and carries no working link:
 the page's token is a placeholder, so nothing can be submitted as the contact.
 """
@@ -13,6 +14,7 @@ from flask import render_template
 from flask import request
 from flask_babel import gettext as _
 from flask_babel import refresh
+from sqlalchemy.exc import OperationalError
 
 from portal import catalogue
 from portal.backoffice import bp
@@ -20,6 +22,10 @@ from portal.backoffice import role_required
 from portal.backoffice.settings.forms import PreviewForm
 from portal.choices import page_for
 from portal.preferences import _manage_context
+from portal.preview import PREVIEW_COLUMNS
+from portal.preview import find_contact
+from portal.preview import imagined
+from portal.preview import transient_contact
 
 #: What stands where the page's token would be: not a token, so every action on it fails.
 PREVIEW_TOKEN = "preview"
@@ -34,11 +40,11 @@ FRAME_POLICY = (
 def _preview_contact(form: PreviewForm):
     """Return the contact to preview and how to name it, or (None, error message)."""
     if form.contact.data:
-        contact = catalogue.find_contact(form.contact.data)
+        contact = find_contact(form.contact.data)
         if contact is None or contact.erased_at is not None:
             return None, _("No contact has this email address or public id.")
         return contact, _("the contact %(ref)s", ref=contact.public_id)
-    typed = {name: form[name].data for name in catalogue.PREVIEW_COLUMNS if name in form}
+    typed = {name: form[name].data for name in PREVIEW_COLUMNS if name in form}
     typed.update(
         {
             field.name: request.args.get(f"attr-{field.name}", "").strip()[:200]
@@ -46,7 +52,28 @@ def _preview_contact(form: PreviewForm):
             if not field.builtin
         }
     )
-    return catalogue.transient_contact(typed), _("a contact with the values typed in")
+    return transient_contact(typed), _("a contact with the values typed in")
+
+
+def _shown(form: PreviewForm, show):
+    """Return show(contact, page, described) for the chosen contact, or None if unknown.
+
+    The page reads a contact's custom values by its row, so a typed-in contact is held in the
+    database while the page is built, inside a savepoint that is rolled back.
+    """
+    contact, described = _preview_contact(form)
+    if contact is None:
+        form.contact.errors = [described]
+        return None
+    if contact.id is not None:
+        return show(contact, page_for(contact), described)
+    try:
+        with imagined(contact):
+            return show(contact, page_for(contact), described)
+    except OperationalError:
+        # SQLite refuses the savepoint's write when another writer just committed.
+        form.contact.errors = [_("The preview could not be built just now. Try again.")]
+        return None
 
 
 def _form() -> PreviewForm:
@@ -60,20 +87,18 @@ def settings_preview():
     form = _form()
     custom = [field for field in catalogue.rule_fields() if not field.builtin]
     context = {"form": form, "custom": custom, "typed": request.args}
-    if not request.args or not form.validate():
-        return render_template("backoffice/settings/preview.html", **context)
-    contact, described = _preview_contact(form)
-    if contact is None:
-        form.contact.errors = [described]
-        return render_template("backoffice/settings/preview.html", **context)
-    page = page_for(contact)
-    return render_template(
-        "backoffice/settings/preview.html",
-        page=page,
-        described=described,
-        frame_query=request.query_string.decode(),
-        **context,
-    )
+    if request.args and form.validate():
+        shown = _shown(
+            form,
+            lambda _contact, page, described: {
+                "page": page,
+                "described": described,
+                "frame_query": request.query_string.decode(),
+                "consent_titles": [choice.version.title for choice in page.consents],
+            },
+        )
+        context.update(shown or {})
+    return render_template("backoffice/settings/preview.html", **context)
 
 
 @bp.get("/settings/preview/page")
@@ -81,19 +106,18 @@ def settings_preview():
 def settings_preview_page():
     """Render the contact's page itself, for the preview's frame."""
     form = _form()
-    if not form.validate():
+    html = _shown(form, _render_manage) if form.validate() else None
+    if html is None:
         abort(404)
-    contact, _described = _preview_contact(form)
-    if contact is None:
-        abort(404)
-    # As on the real page: the contact's own language first. The form has already asked for
-    # the staff member's language, so the choice is made again.
-    g.contact_language = contact.language
-    refresh()
-    html = render_template(
-        "preferences/manage.html", **_manage_context(PREVIEW_TOKEN, page_for(contact))
-    )
     response = make_response(html)
     response.headers["Content-Security-Policy"] = FRAME_POLICY
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
+
+
+def _render_manage(contact, page, _described) -> str:
+    # As on the real page: the contact's own language first. The form has already asked for
+    # the staff member's language, so the choice is made again.
+    g.contact_language = contact.language
+    refresh()
+    return render_template("preferences/manage.html", **_manage_context(PREVIEW_TOKEN, page))
