@@ -83,7 +83,7 @@ def load(count: int) -> tuple[int, int]:
             INSERT INTO subscriptions (contact_id, list_id, status, event_id, changed_at)
             SELECT id, {target_id}, CASE WHEN mod(id, 10) = 3 THEN 'unsubscribed' ELSE 'subscribed'
                 END, {event_id}, now()
-            FROM contacts WHERE mod(id, 3) <> 0
+            FROM contacts WHERE mod(abs(hashtext(id::text)), 3) <> 0
             """,
             f"""
             INSERT INTO subscriptions (contact_id, list_id, status, event_id, changed_at)

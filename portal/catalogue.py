@@ -266,7 +266,7 @@ def edit_list(
 def rule_fields() -> list[FieldDefinition]:
     """Return the fields rules may use, by name."""
     fields = db.session.scalars(sa.select(FieldDefinition).order_by(FieldDefinition.name))
-    return [field for field in fields if rules._usable(field)]
+    return [field for field in fields if rules.usable(field)]
 
 
 def count_matching(rule: dict | None) -> int:

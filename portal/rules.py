@@ -155,13 +155,13 @@ def _condition(node: dict, fields: dict[str, FieldDefinition]) -> dict:
         raise RuleError(f"a condition names a field as text, not {_describe(name)}")
     definition = fields.get(name)
     if definition is None:
-        usable = [field.name for field in fields.values() if _usable(field)]
+        usable = [field.name for field in fields.values() if usable(field)]
         close = difflib.get_close_matches(name, usable, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RuleError(f"unknown field {name[:60]!r}{hint}")
     if definition.sensitive:
         raise RuleError(f"field {name!r} is sensitive: rules cannot use sensitive fields")
-    if not _usable(definition):
+    if not usable(definition):
         raise RuleError(f"field {name!r} cannot be used in rules")
     unexpected = next((key for key in node if key not in ("field", "op", "value")), None)
     if unexpected is not None:
@@ -195,7 +195,8 @@ def _condition(node: dict, fields: dict[str, FieldDefinition]) -> dict:
     return {"field": name, "op": op, "value": list(unique.values())}
 
 
-def _usable(field: FieldDefinition) -> bool:
+def usable(field: FieldDefinition) -> bool:
+    """Return whether rules may read this field (never a sensitive one)."""
     return not field.sensitive and (not field.builtin or field.name in Contact.__table__.c)
 
 

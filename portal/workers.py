@@ -10,10 +10,12 @@ import threading
 from datetime import timedelta
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
 from portal import consent
+from portal import doi
 from portal import jobs
 from portal import mailbox
 from portal import outbox
@@ -98,11 +100,30 @@ def _in_thread(app, name: str, target, stop: threading.Event) -> threading.Threa
     return thread
 
 
+#: Jobs the housekeeping queues whenever they have work (in production: cron, `flask doi ...`).
+SCHEDULED_JOBS = (doi.REMIND, doi.PRUNE)
+
+
+def queue_due_jobs() -> list[jobs.Job]:
+    """Queue each scheduled kind of job that has work and is not already queued or running."""
+    queued = []
+    for kind in SCHEDULED_JOBS:
+        busy = db.session.scalar(
+            sa.select(jobs.Job.id)
+            .where(jobs.Job.kind == kind.name, jobs.Job.status.in_(("queued", "running")))
+            .limit(1)
+        )
+        if busy is None and kind.count({}):
+            queued.append(jobs.start(kind.name, created_by="housekeeping"))
+    return queued
+
+
 def housekeeping(*, stop: threading.Event, every_seconds: float = 60.0) -> None:
     """Run the scheduled housekeeping until stopped (in production: cron runs the commands)."""
     window = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
     while not stop.is_set():
         consent.purge_withdrawn_values(window)
+        queue_due_jobs()
         db.session.commit()
         stop.wait(every_seconds)
 

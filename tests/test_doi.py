@@ -509,3 +509,19 @@ def test_two_simultaneous_confirmations_give_one_event(base_app, smtp):
                 db.session.execute(sa.delete(model).where(model.contact_id == contact_id))
             db.session.execute(sa.delete(Contact).where(Contact.id == contact_id))
             db.session.commit()
+
+
+def test_the_servers_housekeeping_queues_reminders_and_pruning_once_due(app, clock):
+    from portal.workers import queue_due_jobs
+
+    sign_up("later@example.test")
+    db.session.commit()
+    assert queue_due_jobs() == []  # nothing is due yet
+
+    clock.advance(hours=49)
+    (reminders,) = queue_due_jobs()
+    assert reminders.kind == doi.REMIND.name and reminders.total == 1
+    assert queue_due_jobs() == []  # already queued: not twice
+
+    clock.advance(days=31)
+    assert [job.kind for job in queue_due_jobs()] == [doi.PRUNE.name]

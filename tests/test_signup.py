@@ -79,9 +79,9 @@ def confirm(app, path):
 def test_a_newcomer_signs_up_confirms_and_is_double_opt_in(app, news, visitor, smtp):
     answer = sign_up(visitor, "New.Comer@Example.com", first_name="Nia", list=["offers"])
     assert answer.status_code == 303
-    assert answer.headers["Location"] == "/f/sent"
+    assert answer.headers["Location"] == "/signup/sent"
     assert answer.headers.getlist("Set-Cookie") == []
-    assert "Check your inbox" in visitor.get("/f/sent").text
+    assert "Check your inbox" in visitor.get("/signup/sent").text
     person = contact("new.comer@example.com")
     assert (person.first_name, person.opt_in_status) == ("Nia", OptIn.SINGLE_WEBFORM)
     assert subscribed(person, "news") and subscribed(person, "offers")

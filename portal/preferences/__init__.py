@@ -120,7 +120,8 @@ def front():
     return render_template("preferences/front.html")
 
 
-def _manage_context(token: str, page, wanted: dict | None = None) -> dict:
+def manage_context(token: str, page, wanted: dict | None = None) -> dict:
+    """Return what preferences/manage.html needs: the real page and the staff preview share it."""
     contact = page.contact
     return {"token": token, "page": page, "contact": contact,
             "positions": page.positions(wanted),
@@ -132,7 +133,7 @@ def _manage_context(token: str, page, wanted: dict | None = None) -> dict:
 def manage(token: str):
     """Show a contact their email options, the policy, their consents and their rights."""
     contact, _payload = _contact_from("manage", token)
-    return render_template("preferences/manage.html", **_manage_context(token, page_for(contact)))
+    return render_template("preferences/manage.html", **manage_context(token, page_for(contact)))
 
 
 @bp.post("/p/<token>")
@@ -151,7 +152,7 @@ def save(token: str):
     except CSRFError:
         # An expired form or a rotated key: show the page again with the contact's choices
         # still set, so nothing they chose is lost.
-        context = _manage_context(token, page, wanted=choices)
+        context = manage_context(token, page, wanted=choices)
         note = [_("Please review and resubmit: this form had expired, so nothing was saved "
                   "yet. Your choices are still set below.")]
         return htmx.render("preferences/manage.html", "preferences/_form.html",
@@ -181,7 +182,7 @@ def save(token: str):
         messages.append(_("Nothing changed."))
     if htmx.wants_fragment():
         return htmx.render("preferences/manage.html", "preferences/_form.html",
-                           messages=messages, **_manage_context(token, page_for(contact)))
+                           messages=messages, **manage_context(token, page_for(contact)))
     for message in messages:
         flash(message)
     return redirect(url_for("preferences.manage", token=token), code=303)

@@ -123,7 +123,7 @@ def submit(slug: str):
     return redirect(url_for("signup.sent"), code=303)
 
 
-@bp.get("/f/sent")
+@bp.get("/signup/sent")
 def sent():
     """Tell the visitor to check their inbox, the same for every address."""
     return render_template("signup/sent.html")

@@ -21,7 +21,7 @@ from portal.backoffice import bp
 from portal.backoffice import role_required
 from portal.backoffice.settings.forms import PreviewForm
 from portal.choices import page_for
-from portal.preferences import _manage_context
+from portal.preferences import manage_context
 from portal.preview import PREVIEW_COLUMNS
 from portal.preview import find_contact
 from portal.preview import imagined
@@ -120,4 +120,4 @@ def _render_manage(contact, page, _described) -> str:
     # the staff member's language, so the choice is made again.
     g.contact_language = contact.language
     refresh()
-    return render_template("preferences/manage.html", **_manage_context(PREVIEW_TOKEN, page))
+    return render_template("preferences/manage.html", **manage_context(PREVIEW_TOKEN, page))
