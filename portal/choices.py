@@ -284,22 +284,28 @@ def page_for(contact: Contact) -> Page:
     """Return what this contact's page offers and where each choice stands.
 
     Beyond the cached catalogue it makes one query (consent states, subscriptions and the
-    custom field values the rules read).
+    custom field values the rules read), none for a contact not yet saved.
     """
     known = catalogue()
-    field_ids = known.custom_field_ids
-    params = {"contact_id": contact.id}
-    if field_ids:
-        params["field_ids"] = sorted(field_ids)
     states, subscribed, values = {}, set(), {}
-    for kind, ref, text, number, at in db.session.execute(_STATE_QUERIES[bool(field_ids)],
-                                                          params):
-        if kind == "consent":
-            states[ref] = StateInfo(text, number, at)
-        elif kind == "list":
-            subscribed.add(ref)
-        else:
-            values[ref] = text
+    if contact.id is None:
+        # A contact that exists only in memory (the staff preview of typed-in values): no
+        # decisions or subscriptions yet, and its values are the ones it holds.
+        values = {row.field_id: row.value for row in contact.values}
+    else:
+        field_ids = known.custom_field_ids
+        params = {"contact_id": contact.id}
+        if field_ids:
+            params["field_ids"] = sorted(field_ids)
+        for kind, ref, text, number, at in db.session.execute(
+            _STATE_QUERIES[bool(field_ids)], params
+        ):
+            if kind == "consent":
+                states[ref] = StateInfo(text, number, at)
+            elif kind == "list":
+                subscribed.add(ref)
+            else:
+                values[ref] = text
     settings_now = known.settings
     full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
                                                                       values)

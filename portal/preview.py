@@ -1,8 +1,5 @@
 """Previewing the preference page as a contact: one on file, or one made of typed-in values."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import sqlalchemy as sa
 
 from portal.catalogue import rule_fields
@@ -42,17 +39,3 @@ def transient_contact(values: dict[str, str]) -> Contact:
         if not field.builtin and values.get(field.name):
             contact.values.append(FieldValue(field_id=field.id, value=values[field.name]))
     return contact
-
-
-@contextmanager
-def imagined(contact: Contact) -> Iterator[Contact]:
-    """Hold a contact from ``transient_contact`` in the database for the length of a block,
-    inside a savepoint that is always rolled back: the page then reads it exactly as it reads
-    a contact on file (by its row), and nothing of it stays."""
-    savepoint = db.session.begin_nested()
-    try:
-        db.session.add(contact)
-        db.session.flush()
-        yield contact
-    finally:
-        savepoint.rollback()

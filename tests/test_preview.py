@@ -1,11 +1,13 @@
-"""Preview contacts: found by address or public id, or made of typed-in values and held in the
-database only while their page is built."""
+"""Preview contacts: found by address or public id, or made of typed-in values and never
+saved."""
 
 import pytest
 import sqlalchemy as sa
 
 from portal import contacts
 from portal import preview
+from portal import settings
+from portal.choices import page_for
 from portal.db import db
 
 
@@ -17,26 +19,18 @@ def test_a_contact_on_file_is_found_by_address_or_public_id(app):
     assert preview.find_contact("") is None
 
 
-def test_a_typed_in_contact_is_held_only_inside_the_block(app):
-    stage = contacts.define_field("sales_stage", "Sales stage")
+def test_a_typed_in_contact_is_never_saved_and_its_page_reads_its_typed_values(app):
+    contacts.define_field("sales_stage", "Sales stage")
+    rule = {"field": "sales_stage", "op": "equals", "value": "ready to buy"}
+    settings.save({"audience_rule": rule}, based_on=0, author="t")
     typed = preview.transient_contact({"first_name": "Zoe", "sales_stage": "ready to buy"})
-    assert typed not in db.session
     assert typed.display_name == "Zoe"
-    with preview.imagined(typed):
-        assert typed.id is not None
-        row = db.session.scalar(
-            sa.select(contacts.FieldValue.value).where(contacts.FieldValue.contact_id == typed.id)
-        )
-        assert row == "ready to buy"
+    assert page_for(typed).full
+    assert not page_for(preview.transient_contact({"sales_stage": "just looking"})).full
+    db.session.flush()
+    assert typed not in db.session
     assert db.session.scalar(sa.select(sa.func.count(contacts.Contact.id))) == 0
-    assert (
-        db.session.scalar(
-            sa.select(sa.func.count(contacts.FieldValue.id)).where(
-                contacts.FieldValue.field_id == stage.id
-            )
-        )
-        == 0
-    )
+    assert db.session.scalar(sa.select(sa.func.count(contacts.FieldValue.id))) == 0
 
 
 def test_a_typed_in_contact_needs_a_known_kind_and_status(app):

@@ -7,9 +7,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
+from conftest import make_config
 from flask import request_finished
 
+from portal import ConfigError
 from portal import contacts
+from portal import create_app
 from portal import keys
 from portal import ledger
 from portal import lists
@@ -271,3 +274,12 @@ def test_a_repeated_post_does_not_cancel_a_newer_ask_to_join_again(app, reader, 
     assert mail_client.post(path, data=ONE_CLICK).status_code == 200  # the mail client retries
     db.session.refresh(pending)
     assert pending.status == "pending"
+
+
+@pytest.mark.parametrize(
+    "address", ["not an address", "a@b.c?subject=x", "x@example.com\r\nBcc: y"]
+)
+def test_a_malformed_inbound_address_stops_the_start_with_a_clear_message(tmp_path, address):
+    config = make_config(f"sqlite:///{tmp_path}/x.sqlite3", PORTAL_UNSUBSCRIBE_MAILTO=address)
+    with pytest.raises(ConfigError, match="FLASK_PORTAL_UNSUBSCRIBE_MAILTO"):
+        create_app(config, instance_path=str(tmp_path))

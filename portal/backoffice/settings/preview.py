@@ -1,8 +1,8 @@
 """The preview: a contact's preference page exactly as they would see it, forms disabled.
 
 The frame renders the real page's template through the real page's functions (``page_for``
-and the page's context), for a contact on file or one typed in (held in a rolled-back
-savepoint while its page is built).
+and the page's context), for a contact on file or one typed in (a contact held in memory
+only, never saved).
 It is served with a sandbox that allows no script and no form, and carries no working link:
 the page's token is a placeholder, so nothing can be submitted as the contact.
 """
@@ -14,7 +14,6 @@ from flask import render_template
 from flask import request
 from flask_babel import gettext as _
 from flask_babel import refresh
-from sqlalchemy.exc import OperationalError
 
 from portal import catalogue
 from portal.backoffice import bp
@@ -24,7 +23,6 @@ from portal.choices import page_for
 from portal.preferences import manage_context
 from portal.preview import PREVIEW_COLUMNS
 from portal.preview import find_contact
-from portal.preview import imagined
 from portal.preview import transient_contact
 
 #: What stands where the page's token would be: not a token, so every action on it fails.
@@ -56,24 +54,12 @@ def _preview_contact(form: PreviewForm):
 
 
 def _shown(form: PreviewForm, show):
-    """Return show(contact, page, described) for the chosen contact, or None if unknown.
-
-    The page reads a contact's custom values by its row, so a typed-in contact is held in the
-    database while the page is built, inside a savepoint that is rolled back.
-    """
+    """Return show(contact, page, described) for the chosen contact, or None if unknown."""
     contact, described = _preview_contact(form)
     if contact is None:
         form.contact.errors = [described]
         return None
-    if contact.id is not None:
-        return show(contact, page_for(contact), described)
-    try:
-        with imagined(contact):
-            return show(contact, page_for(contact), described)
-    except OperationalError:
-        # SQLite refuses the savepoint's write when another writer just committed.
-        form.contact.errors = [_("The preview could not be built just now. Try again.")]
-        return None
+    return show(contact, page_for(contact), described)
 
 
 def _form() -> PreviewForm:
