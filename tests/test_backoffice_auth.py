@@ -150,8 +150,37 @@ def test_staff_create_refuses_a_duplicate_in_one_line(runner, admin):
 
 
 # The role walk: every staff URL as nobody, as an agent and as an admin.
-SAMPLE_VALUES = {"mail_id": 1, "job_id": 1, "kind": "reencrypt-fields"}
-ADMIN_ONLY = {"backoffice.jobs_start"}
+SAMPLE_VALUES = {
+    "mail_id": 1,
+    "job_id": 1,
+    "kind": "reencrypt-fields",
+    "campaign_id": 1,
+    "public_id": "unknown",
+    "event": "staff_opt_out",
+    "field_name": "card_number",
+    "filter_id": 1,
+    "consent_id": 1,
+    "list_id": 1,
+}
+ADMIN_ONLY = {
+    "backoffice.jobs_start",
+    # The consent-page settings (S2).
+    "backoffice.settings_edit",
+    "backoffice.settings_history",
+    "backoffice.settings_preview",
+    "backoffice.settings_preview_page",
+    "backoffice.consent_new",
+    "backoffice.consent_edit",
+    "backoffice.consent_retire",
+    "backoffice.list_new",
+    "backoffice.list_edit",
+    # Erasure and lifting a restriction (P7, P8).
+    "backoffice.erasure_list",
+    "backoffice.erasure_extend",
+    "backoffice.erase",
+    "backoffice.delete",
+    "backoffice.lift_restriction",
+}
 
 
 def staff_rules(app):
