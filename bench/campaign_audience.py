@@ -181,6 +181,7 @@ def measure(list_id: int, repeat: int) -> bool:
 def walk(cursor, raw, params: dict, list_id: int, policy: str) -> tuple[float, float, int]:
     """Time reading every recipient's id: one bare query against the job's own pages."""
     from portal import campaigns
+    from portal.campaigns import sending
     from portal.db import db
 
     bare, ids = timed(lambda: cursor.execute(BARE_IDS, params).fetchall())
@@ -194,7 +195,7 @@ def walk(cursor, raw, params: dict, list_id: int, policy: str) -> tuple[float, f
 
     def pages() -> int:
         seen, after = 0, 0
-        while page := campaigns._items_after(job_params, after, 200):
+        while page := sending._items_after(job_params, after, 200):
             seen += sum(len(chunk) for _key, chunk in page)
             after = page[-1][0]
         return seen

@@ -303,10 +303,19 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     batch = current_app.config["PORTAL_OUTBOX_BATCH"]
     stop = stop or threading.Event()  # never set: run until the process ends
     while not stop.is_set():
-        ids = claim(batch)
-        if ids:
-            deliver(ids, tally)
-            continue
+        try:
+            ids = claim(batch)
+            if ids:
+                deliver(ids, tally)
+                continue
+        except sa.exc.OperationalError as error:
+            # SQLite busy past its timeout, or the database server restarting: a long-running
+            # worker waits and tries again (leased rows return when their lease ends); a
+            # single pass (`once`) reports it.
+            db.session.rollback()
+            if once:
+                raise
+            log.warning("outbox worker: database unavailable, retrying: %s", error.orig)
         if once:
             break
         stop.wait(idle_seconds)

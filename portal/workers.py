@@ -5,6 +5,7 @@ PostgreSQL; one outbox worker with SQLite). `flask serve` runs the development s
 workers (and, in the demo, the mailbox) in-process: started once, in the reloader's child.
 """
 
+import logging
 import os
 import threading
 from datetime import timedelta
@@ -20,6 +21,8 @@ from portal import jobs
 from portal import mailbox
 from portal import outbox
 from portal.db import db
+
+log = logging.getLogger(__name__)
 
 outbox_cli = AppGroup("outbox", help="Deliver queued mail.")
 jobs_cli = AppGroup("jobs", help="Start, run and watch background jobs.")
@@ -122,9 +125,13 @@ def housekeeping(*, stop: threading.Event, every_seconds: float = 60.0) -> None:
     """Run the scheduled housekeeping until stopped (in production: cron runs the commands)."""
     window = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
     while not stop.is_set():
-        consent.purge_withdrawn_values(window)
-        queue_due_jobs()
-        db.session.commit()
+        try:
+            consent.purge_withdrawn_values(window)
+            queue_due_jobs()
+            db.session.commit()
+        except sa.exc.OperationalError as error:
+            db.session.rollback()
+            log.warning("housekeeping: database unavailable, retrying: %s", error.orig)
         stop.wait(every_seconds)
 
 

@@ -18,6 +18,7 @@ from portal import lists
 from portal import outbox
 from portal import settings
 from portal import staff
+from portal.campaigns import sending
 from portal.contacts import OptIn
 from portal.db import db
 from portal.db import utcnow
@@ -261,7 +262,7 @@ def test_a_malformed_or_unknown_preview_contact_gets_a_clear_answer(agent_client
 
 
 def test_a_job_killed_mid_way_resumes_without_a_second_copy(app, newsletter, smtp, monkeypatch):
-    monkeypatch.setattr(campaigns, "CHUNK", 1)  # one recipient per job item
+    monkeypatch.setattr(sending, "CHUNK", 1)  # one recipient per job item
     people = [add(f"r{number}@example.test", OptIn.DOUBLE, newsletter) for number in range(5)]
     db.session.commit()
     campaign = draft(newsletter)

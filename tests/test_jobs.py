@@ -1,5 +1,7 @@
 """Background jobs (issue 3, item 5): resumable, exactly once per item, progress to watch."""
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
@@ -154,3 +156,24 @@ def test_jobs_start_names_unknown_kinds_in_one_line(runner):
     assert result.exit_code == 1
     assert result.output.startswith("Error: unknown job kind 'nope'")
     assert "Traceback" not in result.output
+
+
+def test_a_busy_database_does_not_stop_the_job_worker(app, suppress_kind, monkeypatch, caplog):
+    job = jobs.start("test-suppress", {"count": 3}, created_by="test")
+    db.session.commit()
+    stop, calls, real_claim = threading.Event(), [], jobs.claim
+
+    def claim():
+        calls.append(1)
+        if len(calls) == 1:  # as SQLite answers when busy past its timeout
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+        found = real_claim()
+        if found is None:
+            stop.set()
+        return found
+
+    monkeypatch.setattr(jobs, "claim", claim)
+    assert jobs.work(stop=stop, idle_seconds=0) == 1
+    assert db.session.get(jobs.Job, job.id).status == "done"
+    assert suppressed_items() == 3
+    assert "database unavailable, retrying" in caplog.text

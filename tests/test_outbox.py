@@ -576,3 +576,40 @@ def test_a_legitimate_list_unsubscribe_arrives_and_nothing_else_is_added(app, sm
     [plain_copy] = received(smtp, plain.message_id)
     assert sorted(plain_copy.message.keys()) == sorted(PLAIN_HEADERS)
 
+
+
+def _locked_once(real, stop=None):
+    """Wrap a claim function: the first call fails as SQLite does when busy past its timeout;
+    with ``stop``, the first call that finds nothing ends the worker's loop."""
+    calls = []
+
+    def claim(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+        found = real(*args)
+        if stop is not None and not found:
+            stop.set()
+        return found
+
+    return claim
+
+
+def test_a_busy_database_does_not_stop_the_outbox_worker(app, smtp, monkeypatch, caplog):
+    (row,) = queue_many(1)
+    stop = threading.Event()
+    monkeypatch.setattr(outbox, "claim", _locked_once(outbox.claim, stop))
+
+    outbox.work(stop=stop, idle_seconds=0)
+
+    assert len(received(smtp, row.message_id)) == 1
+    assert fresh(row.id).status == "sent"
+    assert "database unavailable, retrying" in caplog.text
+
+
+def test_a_single_pass_reports_a_busy_database(app, smtp, monkeypatch):
+    queue_many(1)
+    monkeypatch.setattr(outbox, "claim", _locked_once(outbox.claim))
+    with pytest.raises(sa.exc.OperationalError):
+        outbox.work(once=True)
+    assert smtp.messages == []

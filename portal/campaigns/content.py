@@ -1,0 +1,138 @@
+"""What a campaign says: its subject and its two templates, checked, then rendered per contact.
+
+Bodies are staff-written templates rendered in Jinja's sandbox, with plain values of the
+contact only: a sensitive field is only ever seen masked (SECURITY.md 15). The HTML part is
+sanitized after rendering, so whatever a template produces, only the allowed tags go out.
+"""
+
+import jinja2
+from flask import current_app
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from portal import footer
+from portal import settings
+from portal import unsubscribe
+from portal.contacts import Contact
+from portal.contacts import field_value
+from portal.mail import MessageRejected
+from portal.mail import check_header
+
+MAX_SUBJECT_LENGTH = 200
+#: What a template may use: plain values of the contact, masked custom fields, one link.
+PLACEHOLDERS = {
+    "first_name": "the contact's first name",
+    "last_name": "the contact's last name",
+    "name": "first and last name",
+    "email": "the contact's address",
+    "region": "the contact's region",
+    "language": "the contact's language",
+    "fields": "custom fields by name, sensitive ones masked, e.g. {{ fields.sales_stage }}",
+    "unsubscribe_url": "the link that leaves this list (it opens the preference page)",
+}
+#: What a trial render at save time fills the placeholders with.
+SAMPLE = {name: "sample" for name in PLACEHOLDERS} | {"fields": {}}
+
+
+class CampaignError(ValueError):
+    """A campaign cannot be saved or sent as it is; `field` names the culprit, if one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# Two sandboxes: the text part is not HTML, the HTML part escapes every value it inserts.
+_TEXT = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+_HTML = SandboxedEnvironment(autoescape=True)
+# Compiled templates by campaign and version: a 10,000-message campaign compiles them once.
+_compiled: dict[tuple, tuple[jinja2.Template, jinja2.Template | None, frozenset[str]]] = {}
+
+
+def parse(environment: SandboxedEnvironment, source: str, field: str) -> set[str]:
+    """Return the names a template uses, or raise CampaignError for a syntax error."""
+    try:
+        names = meta.find_undeclared_variables(environment.parse(source))
+    except jinja2.TemplateSyntaxError as error:
+        raise CampaignError(f"line {error.lineno}: {error.message}", field) from None
+    unknown = sorted(names - set(PLACEHOLDERS))
+    if unknown:
+        raise CampaignError(
+            f"unknown placeholder {unknown[0]!r}; use {', '.join(sorted(PLACEHOLDERS))}", field
+        )
+    try:
+        # A trial render catches what only rendering finds, such as the sandbox refusing
+        # `{{ name.__class__ }}`, before anyone is sent anything.
+        environment.from_string(source).render(SAMPLE)
+    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError) as error:
+        raise CampaignError(f"the template cannot be rendered: {error}", field) from None
+    return names
+
+
+def check(subject: str, text_body: str, html_body: str) -> None:
+    """Raise CampaignError, naming the field, unless subject and bodies can be sent."""
+    if not subject.strip():
+        raise CampaignError("write a subject", "subject")
+    try:
+        check_header("Subject", subject)
+    except MessageRejected:
+        raise CampaignError(
+            "the subject must be one line, without line breaks", "subject"
+        ) from None
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        raise CampaignError(f"the subject has at most {MAX_SUBJECT_LENGTH} characters", "subject")
+    if not text_body.strip():
+        raise CampaignError("write the text of the message", "text_body")
+    limit = current_app.config["PORTAL_MAX_BODY_BYTES"]
+    if len(text_body.encode()) + len(html_body.encode()) > limit // 2:
+        # Half the outbox's limit: each recipient's values and the footer are added to it.
+        raise CampaignError(
+            f"the text and HTML together are larger than {limit // 2} bytes", "text_body"
+        )
+    parse(_TEXT, text_body, "text_body")
+    parse(_HTML, html_body, "html_body")
+
+
+def _templates(campaign):
+    key = (campaign.id, campaign.updated_at, campaign.text_body, campaign.html_body)
+    found = _compiled.get(key)
+    if found is None:
+        names = parse(_TEXT, campaign.text_body, "text_body")
+        names |= parse(_HTML, campaign.html_body, "html_body")
+        html = _HTML.from_string(campaign.html_body) if campaign.html_body.strip() else None
+        found = (_TEXT.from_string(campaign.text_body), html, frozenset(names))
+        if len(_compiled) > 50:
+            _compiled.clear()
+        _compiled[key] = found
+    return found
+
+
+def _context(campaign, contact: Contact, names: frozenset[str]) -> dict:
+    """Return what a template sees: plain strings only, never a model or a decrypted value."""
+    context = {
+        "first_name": contact.first_name or "",
+        "last_name": contact.last_name or "",
+        "name": contact.display_name,
+        "email": contact.email or "",
+        "region": contact.region or "",
+        "language": contact.language or "",
+    }
+    if "fields" in names:
+        # field_value without reveal: a sensitive field's masked characters, never its value.
+        context["fields"] = {
+            value.field.name: field_value(contact, value.field.name) or ""
+            for value in contact.values
+        }
+    if "unsubscribe_url" in names:
+        context["unsubscribe_url"] = unsubscribe.visible_url(contact, campaign.mailing_list)
+    return context
+
+
+def render(campaign, contact: Contact) -> tuple[str, str, str | None]:
+    """Return the subject, text and HTML a contact would receive, footer included."""
+    text_template, html_template, names = _templates(campaign)
+    context = _context(campaign, contact, names)
+    text = text_template.render(context)
+    html = settings.sanitize_html(html_template.render(context)) if html_template else None
+    text, html = footer.add_footer(text, html, contact)
+    return campaign.subject, text, html
