@@ -19,6 +19,7 @@ from wtforms.validators import Length
 
 from portal import jobs
 from portal import outbox
+from portal import overview
 from portal.backoffice import bp
 from portal.db import db
 from portal.hardening import limiter
@@ -72,7 +73,7 @@ def sign_out():
 
 @bp.get("/")
 def home():
-    """Show the back office's overview."""
+    """Show the back office's overview: what needs attention, and where each task lives."""
     counts = outbox.status_counts()
     return render_template("backoffice/home.html", user=current_user, outbox_counts=counts,
-                           jobs=jobs.recent(5))
+                           jobs=jobs.recent(5), attention=overview.attention())
