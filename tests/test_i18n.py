@@ -145,13 +145,22 @@ def test_catalogue_has_the_messages_of_the_template(path):
     )
 
 
+def _entry(message) -> tuple:
+    """Return a message as a comparable tuple: plural ids and strings come as lists or tuples."""
+
+    def plain(value):
+        return tuple(value) if isinstance(value, list | tuple) else value
+
+    return message.context, plain(message.id), plain(message.string)
+
+
 @pytest.mark.parametrize("path", CATALOGUES, ids=_language)
 def test_compiled_catalogue_matches_its_source(path):
     compiled = path.with_suffix(".mo")
     assert compiled.exists(), f"{compiled.relative_to(ROOT)} is missing: run `make translations`"
     with compiled.open("rb") as f:
-        served = {(m.context, m.id): m.string for m in read_mo(f) if m.id}
-    written = {(m.context, m.id): m.string for m in _read_po(path) if m.id and m.string}
+        served = {_entry(m) for m in read_mo(f) if m.id}
+    written = {_entry(m) for m in _read_po(path) if m.id and m.string}
     assert served == written, (
         f"{compiled.relative_to(ROOT)} is older than its .po file: run `make translations`"
     )
