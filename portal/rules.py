@@ -155,8 +155,8 @@ def _condition(node: dict, fields: dict[str, FieldDefinition]) -> dict:
         raise RuleError(f"a condition names a field as text, not {_describe(name)}")
     definition = fields.get(name)
     if definition is None:
-        usable = [field.name for field in fields.values() if usable(field)]
-        close = difflib.get_close_matches(name, usable, n=1)
+        names = [field.name for field in fields.values() if usable(field)]
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RuleError(f"unknown field {name[:60]!r}{hint}")
     if definition.sensitive:
