@@ -35,6 +35,16 @@ _NAMED_BY_TOKEN = (
     .join(lists.MailingList, lists.MailingList.id == sa.bindparam("list_id"))
     .where(Contact.public_id == sa.bindparam("public_id"))
 )
+#: The subscription a POST changes, read under a row lock (FOR UPDATE on PostgreSQL).
+_LOCKED_SUBSCRIPTION = (
+    sa.select(lists.Subscription)
+    .where(
+        lists.Subscription.contact_id == sa.bindparam("contact_id"),
+        lists.Subscription.list_id == sa.bindparam("list_id"),
+    )
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 
 
 def _serializer(key: bytes) -> URLSafeSerializer:
@@ -106,8 +116,8 @@ def unsubscribe(
     A second call changes nothing: nor does it cancel an ask to join again made since.
     """
     # Two simultaneous POSTs (a mail client retrying) must give one event: lock the row.
-    current = db.session.get(
-        lists.Subscription, (contact.id, mailing_list.id), with_for_update=True
+    current = db.session.scalar(
+        _LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
     )
     if current is None or current.status != "subscribed":
         return False
