@@ -98,6 +98,13 @@ class PendingChange(db.Model):
         return [Item.from_dict(data) for data in self.items]
 
 
+#: A contact's changes still waiting for confirmation, built once (constructing a statement
+#: costs more than running it): every save of the page and every one-click POST reads them.
+_WAITING = sa.select(PendingChange).where(
+    PendingChange.contact_id == sa.bindparam("contact_id"), PendingChange.status == "pending"
+)
+
+
 class Undo(db.Model):
     """What a withdrawal took away, restorable once through the link in its notice."""
 
@@ -217,11 +224,7 @@ def _send(contact: Contact, template: str, subject, language: str, **context) ->
 def _cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
     """Drop the grants of withdrawn items from pending changes: an old link cannot undo a no."""
     keys = {(item.kind, item.ref) for item in withdrawn}
-    pending = db.session.scalars(
-        sa.select(PendingChange).where(PendingChange.contact_id == contact.id,
-                                       PendingChange.status == "pending")
-    )
-    for change in pending:
+    for change in db.session.scalars(_WAITING, {"contact_id": contact.id}):
         kept = [data for data in change.items if (data["kind"], data["ref"]) not in keys]
         if len(kept) != len(change.items):
             change.items = kept
@@ -288,10 +291,7 @@ def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions
     # consent would otherwise send a new confirmation with every save).
     waiting = {
         (data["kind"], data["ref"], data["value"])
-        for change in db.session.scalars(
-            sa.select(PendingChange).where(PendingChange.contact_id == contact.id,
-                                           PendingChange.status == "pending")
-        )
+        for change in db.session.scalars(_WAITING, {"contact_id": contact.id})
         for data in change.items
     }
     grants = [item for item in items if not item.is_withdrawal

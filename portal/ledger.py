@@ -87,9 +87,7 @@ class LedgerEvent(db.Model):
 
     def hashed_content(self) -> bytes:
         """Return the canonical bytes the event's HMAC is computed over."""
-        fields = {name: getattr(self, name) for name in HASHED_FIELDS}
-        fields["occurred_at"] = _timestamp(self.occurred_at)
-        return canonical_json(fields).encode()
+        return _hashed_content({name: getattr(self, name) for name in HASHED_FIELDS})
 
 
 class LedgerEvidence(db.Model):
@@ -144,6 +142,29 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _hashed_content(fields: dict) -> bytes:
+    """Return the canonical bytes the HMAC of an event with these fields is computed over."""
+    hashed = {name: fields[name] for name in HASHED_FIELDS}
+    hashed["occurred_at"] = _timestamp(hashed["occurred_at"])
+    return canonical_json(hashed).encode()
+
+
+# The statements of an append, built once: constructing a statement costs more than running
+# it, and Core skips the unit of work, which would otherwise be most of an append's cost.
+_HEAD = LedgerHead.__table__
+_READ_HEAD = (
+    sa.select(_HEAD.c.last_event_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
+)
+_MOVE_HEAD = (
+    sa.update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(last_event_id=sa.bindparam("event_id"), last_hash=sa.bindparam("event_hash"))
+)
+_HEAD_IDENTITY = sa.inspect(LedgerHead).identity_key_from_primary_key((1,))
+_INSERT_EVENT = sa.insert(LedgerEvent.__table__)
+_INSERT_EVIDENCE = sa.insert(LedgerEvidence.__table__)
+
+
 def _lock_head() -> LedgerHead:
     """Return the head row, locked until the transaction ends (FOR UPDATE on PostgreSQL)."""
     statement = (
@@ -179,48 +200,63 @@ def append(
     purpose: str | None = None,
     rule_version: int | None = None,
 ) -> LedgerEvent:
-    """Append one event to the chain in the current transaction and return it."""
+    """Append one event to the chain in the current transaction and return it.
+
+    The event is written at once (it is not added to the session): the returned object is a
+    read-only copy of the row.
+    """
     if subject_type not in SUBJECT_TYPES:
         raise ValueError(f"unknown ledger subject type {subject_type!r}")
     keys = keyset("ledger")
-    head = _lock_head()
-    event = LedgerEvent(
-        id=head.last_event_id + 1,
-        occurred_at=utcnow(),
-        contact_ref=contact_ref,
-        subject_type=subject_type,
-        subject_ref=subject_ref,
-        action=action,
-        value_from=value_from,
-        value_to=value_to,
-        text_version=text_version,
-        text_sha256=text_sha256,
-        method=method,
-        actor=actor,
-        evidence_ref=evidence_ref,
-        evidence_digest=evidence.digest(keys.active_id) if evidence else None,
-        language=language,
-        jurisdiction=jurisdiction,
-        legal_basis=legal_basis,
-        purpose=purpose,
-        rule_version=rule_version,
-        key_id=keys.active_id,
-        prev_hash=head.last_hash,
-    )
-    event.hash = keyed_digest("ledger", event.key_id, event.hashed_content())
-    db.session.add(event)
+    # The head row stays locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's
+    # BEGIN IMMEDIATE holds the write lock already): ids stay gap-free and the chain unforked.
+    head = db.session.execute(_READ_HEAD).first()
+    if head is None:
+        # The migration creates it; a missing head means the database was tampered with.
+        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
+    row = {
+        "id": head.last_event_id + 1,
+        "occurred_at": utcnow(),
+        "contact_ref": contact_ref,
+        "subject_type": subject_type,
+        "subject_ref": subject_ref,
+        "action": action,
+        "value_from": value_from,
+        "value_to": value_to,
+        "text_version": text_version,
+        "text_sha256": text_sha256,
+        "method": method,
+        "actor": actor,
+        "evidence_ref": evidence_ref,
+        "evidence_digest": evidence.digest(keys.active_id) if evidence else None,
+        "language": language,
+        "jurisdiction": jurisdiction,
+        "legal_basis": legal_basis,
+        "purpose": purpose,
+        "rule_version": rule_version,
+        "key_id": keys.active_id,
+        "prev_hash": head.last_hash,
+    }
+    row["hash"] = keyed_digest("ledger", keys.active_id, _hashed_content(row))
+    db.session.execute(_INSERT_EVENT, row)
     if evidence and (evidence.ip_address or evidence.user_agent):
-        db.session.add(
-            LedgerEvidence(
-                event_id=event.id,
-                ip_address=evidence.ip_address,
-                user_agent=(evidence.user_agent or "")[:500] or None,
-            )
+        db.session.execute(
+            _INSERT_EVIDENCE,
+            {
+                "event_id": row["id"],
+                "ip_address": evidence.ip_address,
+                "user_agent": (evidence.user_agent or "")[:500] or None,
+            },
         )
-    head.last_event_id = event.id
-    head.last_hash = event.hash
+    db.session.execute(_MOVE_HEAD, {"event_id": row["id"], "event_hash": row["hash"]})
+    # A copy of the head loaded earlier in this session (by a checkpoint, say) is now stale.
+    loaded = db.session.identity_map.get(_HEAD_IDENTITY)
+    if loaded is not None:
+        db.session.expire(loaded)
+    # As before, the caller's changes made up to the event reach the database with it (a
+    # no-op when there are none).
     db.session.flush()
-    return event
+    return LedgerEvent(**row)
 
 
 def clear_evidence(contact_ref: str) -> int:

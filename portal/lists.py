@@ -50,6 +50,22 @@ class Subscription(db.Model):
     mailing_list: Mapped[MailingList] = relationship()
 
 
+#: A change of an existing subscription, built once: a Core UPDATE costs a fraction of a flush.
+_SUBSCRIPTIONS = Subscription.__table__
+_MOVE_SUBSCRIPTION = (
+    sa.update(_SUBSCRIPTIONS)
+    .where(
+        _SUBSCRIPTIONS.c.contact_id == sa.bindparam("contact"),
+        _SUBSCRIPTIONS.c.list_id == sa.bindparam("list"),
+    )
+    .values(
+        status=sa.bindparam("new_status"),
+        event_id=sa.bindparam("event"),
+        changed_at=sa.bindparam("at"),
+    )
+)
+
+
 def create_list(slug: str, name: str, description: str = "", *, public: bool = True) -> MailingList:
     """Create a mailing list."""
     if db.session.scalar(sa.select(MailingList.id).where(MailingList.slug == slug)):
@@ -104,10 +120,26 @@ def set_subscription(
         evidence=evidence,
     )
     if current is None:
-        current = Subscription(contact_id=contact.id, list_id=mailing_list.id)
+        current = Subscription(
+            contact_id=contact.id,
+            list_id=mailing_list.id,
+            status=status,
+            event_id=event.id,
+            changed_at=event.occurred_at,
+        )
         db.session.add(current)
-    current.status = status
-    current.event_id = event.id
-    current.changed_at = event.occurred_at
-    db.session.flush()
+        db.session.flush()
+        return current
+    db.session.execute(
+        _MOVE_SUBSCRIPTION,
+        {
+            "contact": contact.id,
+            "list": mailing_list.id,
+            "new_status": status,
+            "event": event.id,
+            "at": event.occurred_at,
+        },
+    )
+    # The loaded row reads the new values back if anyone asks for them.
+    db.session.expire(current, ["status", "event_id", "changed_at"])
     return current

@@ -147,12 +147,21 @@ def sign_up(
         doi.send_request(contact, source="webform", actor=ACTOR)
 
 
+#: A contact's sign-up requests still waiting, built once (constructing a statement costs
+#: more than running it): every one-click POST reads them.
+_WAITING = (
+    sa.select(SignupRequest)
+    .where(
+        SignupRequest.contact_id == sa.bindparam("contact_id"),
+        SignupRequest.status == "pending",
+    )
+    .order_by(SignupRequest.id)
+)
+
+
 def pending_of(contact: Contact) -> list[SignupRequest]:
     """Return the contact's sign-up requests still waiting for the double opt-in."""
-    statement = sa.select(SignupRequest).where(
-        SignupRequest.contact_id == contact.id, SignupRequest.status == "pending"
-    )
-    return list(db.session.scalars(statement.order_by(SignupRequest.id)))
+    return list(db.session.scalars(_WAITING, {"contact_id": contact.id}))
 
 
 def apply_confirmed(contact: Contact, *, evidence: Evidence | None = None) -> int:

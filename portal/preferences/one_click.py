@@ -55,6 +55,9 @@ def one_click(token: str):
     """Leave the link's list at once and say so, with no redirect and no cookie."""
     contact, mailing_list = _named_by(token)
     unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence())
+    # Read before the commit expires it: reading it after would open a second transaction
+    # (on SQLite one that takes the write lock again) just to show the list's name.
+    list_name = mailing_list.name
     # Committed before answering: a mail client takes the 200 as "done".
     db.session.commit()
-    return render_template("preferences/unsubscribed.html", mailing_list=mailing_list, token=token)
+    return render_template("preferences/unsubscribed.html", list_name=list_name, token=token)
