@@ -166,3 +166,34 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+def staff_browser(app, email: str, role: str) -> FlaskClient:
+    """Return a browser signed in as a new staff member, on HTTPS with a Referer (Flask-WTF
+    checks it there); the staff row is on ``browser.user``."""
+    from test_backoffice_auth import PASSWORD
+    from test_backoffice_auth import sign_in
+
+    from portal import staff
+
+    user = staff.create_staff(email, PASSWORD, role)
+    db.session.commit()
+    browser = app.test_client()
+    browser.environ_base.update(
+        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
+    )
+    sign_in(browser, email, PASSWORD)
+    browser.user = user
+    return browser
+
+
+@pytest.fixture
+def admin_client(app):
+    """A browser signed in as an admin."""
+    return staff_browser(app, "admin@example.com", "admin")
+
+
+@pytest.fixture
+def agent_client(app):
+    """A browser signed in as an agent."""
+    return staff_browser(app, "agent@example.com", "agent")

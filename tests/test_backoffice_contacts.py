@@ -6,7 +6,7 @@ from html import unescape
 import pytest
 import sqlalchemy as sa
 from conftest import make_config
-from test_backoffice_auth import PASSWORD
+from conftest import staff_browser
 from test_backoffice_auth import csrf_token
 from test_backoffice_auth import sign_in
 
@@ -21,27 +21,6 @@ from portal import suppression
 from portal.contact_filters import SavedFilter
 from portal.contacts import OptIn
 from portal.db import db
-
-
-def _browser(app, email, role):
-    staff.create_staff(email, PASSWORD, role)
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, email, PASSWORD)
-    return browser
-
-
-@pytest.fixture
-def admin_client(app):
-    return _browser(app, "admin@example.com", "admin")
-
-
-@pytest.fixture
-def agent_client(app):
-    return _browser(app, "agent@example.com", "agent")
 
 
 def _add(email, **options):
@@ -285,7 +264,7 @@ def test_a_saved_filter_is_deleted_by_its_author_not_by_another_agent(app, admin
     )
     saved = db.session.scalar(sa.select(SavedFilter))
     url = f"/staff/contacts/filters/{saved.id}/delete"
-    agent = _browser(app, "agent@example.com", "agent")
+    agent = staff_browser(app, "agent@example.com", "agent")
     assert agent.get(url).status_code == 403
     token = csrf_token(_list(agent).text)
     assert agent.post(url, data={"csrf_token": token}).status_code == 403

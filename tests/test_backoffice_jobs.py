@@ -1,24 +1,9 @@
 """The jobs pages: start a job, watch its progress with htmx or with a plain refresh."""
 
-import pytest
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import jobs
-from portal import staff
 from portal.db import db
-
-
-@pytest.fixture
-def admin_client(app):
-    staff.create_staff("admin@example.com", PASSWORD, "admin")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update({"wsgi.url_scheme": "https",
-                                 "HTTP_REFERER": "https://localhost/staff/"})
-    sign_in(browser, "admin@example.com", PASSWORD)
-    return browser
 
 
 def test_an_admin_starts_a_job_and_watches_it(admin_client):

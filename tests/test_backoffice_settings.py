@@ -5,46 +5,23 @@ import re
 
 import pytest
 import sqlalchemy as sa
+from conftest import staff_browser
 from flask import url_for
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import consent
 from portal import contacts
 from portal import lists
 from portal import settings
-from portal import staff
 from portal.catalogue import CatalogueEdit
 from portal.consent import ConsentDefinition
 from portal.db import db
 from portal.links import make_token
 
 
-def _browser(app, email, role):
-    staff.create_staff(email, PASSWORD, role)
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, email, PASSWORD)
-    return browser
-
-
-@pytest.fixture
-def admin_client(app):
-    return _browser(app, "admin@example.com", "admin")
-
-
 @pytest.fixture
 def second_admin(app):
-    return _browser(app, "grace@example.com", "admin")
-
-
-@pytest.fixture
-def agent_client(app):
-    return _browser(app, "agent@example.com", "agent")
+    return staff_browser(app, "grace@example.com", "admin")
 
 
 @pytest.fixture

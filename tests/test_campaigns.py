@@ -7,9 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import campaigns
 from portal import contacts
@@ -17,7 +15,6 @@ from portal import jobs
 from portal import lists
 from portal import outbox
 from portal import settings
-from portal import staff
 from portal.campaigns import sending
 from portal.contacts import OptIn
 from portal.db import db
@@ -61,18 +58,6 @@ def audience(newsletter):
     }
     db.session.commit()
     return people
-
-
-@pytest.fixture
-def agent_client(app):
-    staff.create_staff("agent@example.com", PASSWORD, "agent")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "agent@example.com", PASSWORD)
-    return browser
 
 
 def draft(mailing_list, **values) -> campaigns.Campaign:

@@ -12,9 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 from test_preferences import BAD_LINK
 from test_preferences import BASE_URL
 from test_preferences import EXPIRED_LINK
@@ -28,7 +26,6 @@ from portal import ledger
 from portal import lists
 from portal import optin
 from portal import outbox
-from portal import staff
 from portal import suppression
 from portal.contacts import Contact
 from portal.contacts import ContactTombstone
@@ -368,18 +365,6 @@ def test_unconfirmed_web_form_sign_ups_are_pruned_after_the_configured_time(
 
 
 # --- A whole mailing list ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def agent_client(app):
-    staff.create_staff("agent@example.com", PASSWORD, "agent")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "agent@example.com", PASSWORD)
-    return browser
 
 
 def test_staff_send_to_a_whole_list_and_see_how_many_were_skipped_and_why(

@@ -5,9 +5,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import changes
 from portal import consent
@@ -23,7 +21,6 @@ from portal import mailbox
 from portal import optin
 from portal import outbox
 from portal import restriction
-from portal import staff
 from portal import suppression
 from portal.contacts import Contact
 from portal.contacts import ContactTombstone
@@ -41,30 +38,6 @@ TRACES = (
     "AB123456C",
     "203.0.113.77",
 )
-
-
-@pytest.fixture
-def admin_client(app):
-    staff.create_staff("admin@example.com", PASSWORD, "admin")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "admin@example.com", PASSWORD)
-    return browser
-
-
-@pytest.fixture
-def agent_client(app):
-    staff.create_staff("agent@example.com", PASSWORD, "agent")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "agent@example.com", PASSWORD)
-    return browser
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ from html import unescape
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import consent
 from portal import contact_filters
@@ -18,20 +16,7 @@ from portal import contacts
 from portal import export
 from portal import jobs
 from portal import lists
-from portal import staff
 from portal.db import db
-
-
-@pytest.fixture
-def agent_client(app):
-    staff.create_staff("agent@example.com", PASSWORD, "agent")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "agent@example.com", PASSWORD)
-    return browser
 
 
 def _add(email, **options):

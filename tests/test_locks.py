@@ -3,9 +3,7 @@ record, and lifting it needs a reason, mails the contact first and is a ledger e
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import consent
 from portal import contacts
@@ -20,28 +18,6 @@ from portal import staff
 from portal.contacts import OptIn
 from portal.contacts import RecordLocked
 from portal.db import db
-
-
-def _browser(app, email: str, role: str):
-    user = staff.create_staff(email, PASSWORD, role)
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, email, PASSWORD)
-    browser.user = user
-    return browser
-
-
-@pytest.fixture
-def admin_client(app):
-    return _browser(app, "admin@example.com", "admin")
-
-
-@pytest.fixture
-def agent_client(app):
-    return _browser(app, "agent@example.com", "agent")
 
 
 @pytest.fixture

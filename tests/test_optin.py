@@ -5,15 +5,12 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
-from test_backoffice_auth import sign_in
 
 from portal import contacts
 from portal import ledger
 from portal import optin
 from portal import outbox
-from portal import staff
 from portal.contacts import Contact
 from portal.contacts import OptIn
 from portal.db import db
@@ -256,18 +253,6 @@ def test_an_out_of_band_opt_in_sets_double_with_its_evidence_in_the_ledger(app):
 
 
 # --- The record view -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def agent_client(app):
-    staff.create_staff("agent@example.com", PASSWORD, "agent")
-    db.session.commit()
-    browser = app.test_client()
-    browser.environ_base.update(
-        {"wsgi.url_scheme": "https", "HTTP_REFERER": "https://localhost/staff/"}
-    )
-    sign_in(browser, "agent@example.com", PASSWORD)
-    return browser
 
 
 def record_path(contact: Contact) -> str:
