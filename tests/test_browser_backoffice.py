@@ -8,7 +8,6 @@ the portal's real Content-Security-Policy.
 """
 
 import re
-import threading
 
 import flask_migrate
 import pytest
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from chromium import skip_module_without_chromium
 from conftest import make_config
 from playwright.sync_api import expect
-from werkzeug.serving import make_server
+from test_browser import server_url  # noqa: F401 (the live server, for this module's app)
 
 from portal import contacts
 from portal import create_app
@@ -58,18 +57,6 @@ def live_app(tmp_path_factory):
         db.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def server_url(live_app):
-    """The address of a real HTTP server running the demo in a background thread."""
-    server = make_server("127.0.0.1", 0, live_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
-    server.server_close()
-
-
 @pytest.fixture
 def page(browser):
     """A fresh page that records every Content-Security-Policy violation it meets."""
@@ -94,7 +81,7 @@ def _public_id(live_app, email: str) -> str:
         return contacts.find_by_email(email).public_id
 
 
-def test_a_first_day_in_the_back_office(page, server_url, live_app):
+def test_a_first_day_in_the_back_office(page, server_url, live_app):  # noqa: F811
     # Sign in.
     page.goto(f"{server_url}/staff/sign-in")
     page.get_by_label("Email").fill(ADMIN)
