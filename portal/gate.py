@@ -158,8 +158,13 @@ def decide(
     in_reply_to: str | None = None,
     consent_slug: str | None = None,
     queued_at: datetime | None = None,
+    policy: str | None = None,
 ) -> Decision:
-    """Say whether a message of this category may go to this recipient now, and why not."""
+    """Say whether a message of this category may go to this recipient now, and why not.
+
+    `policy` is the campaign policy in force, if the caller read the settings already (the
+    outbox reads them once per batch); otherwise the gate reads them.
+    """
     category = Category(category)
     if category is Category.INTERNAL:
         return ALLOW
@@ -194,7 +199,9 @@ def decide(
         subscription = db.session.get(Subscription, (contact.id, list_id)) if list_id else None
         if subscription is None or subscription.status != "subscribed":
             return refuse("not_subscribed")
-        if status not in policy_statuses(settings.values().get("campaign_policy")):
+        if policy is None:
+            policy = settings.values().get("campaign_policy")
+        if status not in policy_statuses(policy):
             return refuse("policy")
         return ALLOW
     if category is Category.PARTNER:

@@ -6,6 +6,7 @@ every header value is checked here before a message is queued (SECURITY.md 7).
 
 import smtplib
 import uuid
+from email import policy
 from urllib.parse import urlsplit
 
 from flask import current_app
@@ -78,9 +79,25 @@ def new_message_id() -> str:
     return f"<{uuid.uuid4().hex}@{domain}>"
 
 
+#: How a message is written to SMTP: the header values exactly as checked when queued, CRLF.
+#: Flask-Mail sets the default policy (policy.SMTP), which parses every header again through
+#: the header registry while writing (about 1.5 CPU ms a message), and encodes a long
+#: List-Unsubscribe as RFC 2047 words, which a structured header may not carry.
+SMTP_POLICY = policy.compat32.clone(linesep="\r\n")
+
+
+class OutgoingMessage(Message):
+    """A Flask-Mail message written out with SMTP_POLICY."""
+
+    def _message(self):
+        message = super()._message()
+        message.policy = SMTP_POLICY
+        return message
+
+
 def build_message(row) -> Message:
     """Turn an outbox row into a Flask-Mail message that keeps the row's Message-ID."""
-    message = Message(
+    message = OutgoingMessage(
         subject=row.subject,
         sender=row.sender,
         recipients=[row.recipient],

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from portal import gate
+from portal import settings
 from portal.contacts import Contact
 from portal.db import db
 from portal.db import utcnow
@@ -127,7 +128,7 @@ def enqueue(
     return row
 
 
-def _decide_at_handoff(row: OutboxMessage) -> gate.Decision:
+def _decide_at_handoff(row, policy: str | None) -> gate.Decision:
     contact = None
     if row.contact_id is not None:
         contact = db.session.execute(
@@ -136,7 +137,7 @@ def _decide_at_handoff(row: OutboxMessage) -> gate.Decision:
         ).scalar_one_or_none()
     return gate.decide(row.category, recipient=row.recipient, contact=contact,
                        list_id=row.list_id, in_reply_to=row.in_reply_to,
-                       consent_slug=row.consent_slug, queued_at=row.created_at)
+                       consent_slug=row.consent_slug, queued_at=row.created_at, policy=policy)
 
 
 def claim(limit: int) -> list[int]:
@@ -238,8 +239,27 @@ def _connection_lost(connection, error: Exception) -> bool:
     return getattr(connection.host, "sock", None) is None
 
 
+#: A handed-over message's outcome, built once: the statement is the same for every message.
+_SENT = (
+    sa.update(OutboxMessage)
+    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    .values(
+        status="sent", lease_until=None, reason=None, attempts=OutboxMessage.attempts + 1,
+        sent_at=sa.bindparam("handed_over_at", type_=OutboxMessage.__table__.c.sent_at.type),
+    )
+    .execution_options(synchronize_session=False)
+)
+_REFUSED = (
+    sa.update(OutboxMessage)
+    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    .values(status="refused", lease_until=None, reason=sa.bindparam("why", type_=sa.String()))
+    .execution_options(synchronize_session=False)
+)
+
+
 def deliver(ids: list[int], tally: Tally) -> None:
-    """Hand claimed messages to SMTP over one connection, committing each outcome at once."""
+    """Hand claimed messages to SMTP over one connection, recording each outcome before the
+    next message goes."""
     remaining = list(ids)
     try:
         connection = connect().__enter__()
@@ -250,20 +270,35 @@ def deliver(ids: list[int], tally: Tally) -> None:
             tally.add(_retry_or_fail(row, error, server_down=True))
         db.session.commit()
         return
+    # The batch's rows in one query, as plain rows that no commit expires: nobody else changes
+    # a row while this worker holds its lease, and outcomes are written with the statements
+    # above.
+    columns = sa.select(*OutboxMessage.__table__.columns)
+    rows = {row.id: row for row in db.session.execute(columns.where(OutboxMessage.id.in_(ids)))}
+    # The campaign policy once per batch; the recipient's own state is read for each message.
+    policy = settings.values().get("campaign_policy")
+    handed_over = None  # (id, time) of the message SMTP accepted, whose record is not committed
     try:
         while remaining:
-            row = db.session.get(OutboxMessage, remaining[0])
-            decision = _decide_at_handoff(row)
+            row = rows[remaining[0]]
+            if handed_over is not None:
+                # The previous message's "sent" is committed with this message's decision, so
+                # before this one goes to SMTP: one commit per message, at most one in doubt.
+                db.session.execute(_SENT, {"row_id": handed_over[0],
+                                           "handed_over_at": handed_over[1]})
+                handed_over = None
+            decision = _decide_at_handoff(row, policy)
             if not decision.allowed:
-                row.status, row.lease_until = "refused", None
-                row.reason = f"refused at hand-off: {decision.explanation}"
+                db.session.execute(_REFUSED, {
+                    "row_id": row.id, "why": f"refused at hand-off: {decision.explanation}",
+                })
                 db.session.commit()
                 tally.add("refused")
                 remaining.pop(0)
                 continue
-            message = build_message(row)
             # End the transaction before talking to SMTP: on SQLite it holds the write lock.
             db.session.commit()
+            message = build_message(row)
             try:
                 connection.send(message)
             except (OSError, smtplib.SMTPException) as error:
@@ -283,12 +318,12 @@ def deliver(ids: list[int], tally: Tally) -> None:
                 db.session.commit()
                 tally.add("failed")
                 break  # the SMTP session may be mid-transaction; start the rest afresh
-            row = db.session.get(OutboxMessage, remaining.pop(0))
-            row.status, row.sent_at, row.lease_until = "sent", utcnow(), None
-            row.attempts += 1
-            row.reason = None
-            db.session.commit()
+            handed_over = (remaining.pop(0), utcnow())
             tally.add("sent")
+        if handed_over is not None:
+            db.session.execute(_SENT, {"row_id": handed_over[0],
+                                       "handed_over_at": handed_over[1]})
+            db.session.commit()
     finally:
         _release(remaining)
         try:
