@@ -159,11 +159,13 @@ def decide(
     consent_slug: str | None = None,
     queued_at: datetime | None = None,
     policy: str | None = None,
+    suppressed: bool | None = None,
 ) -> Decision:
     """Say whether a message of this category may go to this recipient now, and why not.
 
-    `policy` is the campaign policy in force, if the caller read the settings already (the
-    outbox reads them once per batch); otherwise the gate reads them.
+    `policy` is the campaign policy in force, and `suppressed` whether `recipient` is on the
+    suppression list, if the caller read them already in this transaction (the campaign job
+    does once per chunk, the outbox reads the policy once per batch); otherwise the gate does.
     """
     category = Category(category)
     if category is Category.INTERNAL:
@@ -181,7 +183,11 @@ def decide(
     # Partner mail goes to the partner but carries the contact's data: the contact's own
     # address on the suppression list stops it as well (M6: the list blocks everything).
     watched = contact.email if category is Category.PARTNER and contact else recipient
-    if watched and suppression.is_suppressed(watched):
+    if watched == recipient and suppressed is not None:
+        on_the_list = suppressed
+    else:
+        on_the_list = bool(watched) and suppression.is_suppressed(watched)
+    if on_the_list:
         return refuse("suppressed")
     if contact is None:
         # Mail to an address that is no contact (a partner's, say) has no status to obey.

@@ -90,10 +90,14 @@ def enqueue(
     headers: dict[str, str] | None = None,
     sender: str | None = None,
     campaign_id: int | None = None,
+    policy: str | None = None,
+    suppressed: bool | None = None,
 ) -> OutboxMessage:
     """Queue a message in the current transaction, or raise MessageRejected if malformed.
 
     The gate is asked now; a refused message is kept with its reason, for staff to see.
+    `policy` and `suppressed` are for a caller that read them for many messages at once
+    (see gate.decide).
     """
     recipient = check_address(recipient, "recipient")
     sender = check_address(sender or current_app.config["MAIL_DEFAULT_SENDER"], "sender")
@@ -120,7 +124,7 @@ def enqueue(
     )
     decision = gate.decide(category, recipient=recipient, contact=contact, list_id=list_id,
                            in_reply_to=in_reply_to, consent_slug=consent_slug,
-                           queued_at=row.created_at)
+                           queued_at=row.created_at, policy=policy, suppressed=suppressed)
     if not decision.allowed:
         row.status, row.reason = "refused", f"refused when queued: {decision.explanation}"
     db.session.add(row)

@@ -6,6 +6,7 @@ unsubscribe link in a mail from years ago still works. It is signed with its own
 its own, so it can do nothing but unsubscribe from that one list.
 """
 
+from functools import lru_cache
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ SALT = "portal.unsubscribe"
 METHOD = "one_click"
 
 
+@lru_cache(maxsize=16)
 def _serializer(key: bytes) -> URLSafeSerializer:
     return URLSafeSerializer(key, salt=SALT)
 
