@@ -23,9 +23,11 @@ from sqlalchemy.orm import mapped_column
 
 from portal import gate
 from portal import settings
+from portal import suppression
 from portal.contacts import Contact
 from portal.db import db
 from portal.db import utcnow
+from portal.lists import Subscription
 from portal.mail import MessageRejected
 from portal.mail import build_message
 from portal.mail import check_address
@@ -133,15 +135,26 @@ def enqueue(
 
 
 def _decide_at_handoff(row, policy: str | None) -> gate.Decision:
-    contact = None
+    contact = subscription = suppressed = None
     if row.contact_id is not None:
-        contact = db.session.execute(
-            sa.select(Contact).where(Contact.id == row.contact_id)
+        # What the gate reads about the recipient, read afresh in one query: the contact, their
+        # subscription to the message's list (left in the session, where the gate's lookup by
+        # primary key finds it) and whether the address is on the suppression list.
+        found = db.session.execute(
+            sa.select(Contact, Subscription, suppression.listed(row.recipient))
+            .outerjoin(Subscription, sa.and_(Subscription.contact_id == Contact.id,
+                                             Subscription.list_id == row.list_id))
+            .where(Contact.id == row.contact_id)
             .execution_options(populate_existing=True)
-        ).scalar_one_or_none()
-    return gate.decide(row.category, recipient=row.recipient, contact=contact,
-                       list_id=row.list_id, in_reply_to=row.in_reply_to,
-                       consent_slug=row.consent_slug, queued_at=row.created_at, policy=policy)
+        ).first()
+        if found is not None:
+            contact, subscription, suppressed = found
+    decision = gate.decide(row.category, recipient=row.recipient, contact=contact,
+                           list_id=row.list_id, in_reply_to=row.in_reply_to,
+                           consent_slug=row.consent_slug, queued_at=row.created_at,
+                           policy=policy, suppressed=suppressed)
+    del subscription  # held until the gate has decided
+    return decision
 
 
 def claim(limit: int) -> list[int]:
