@@ -274,6 +274,36 @@ _REFUSED = (
 )
 
 
+def _through_the_orm(row) -> OutboxMessage | None:
+    """Return the stored row if its outcome must be written through the ORM, else None.
+
+    An erasure receipt's address is masked by a listener on the status attribute
+    (portal/erasure/forget.py), which the UPDATE statements above would bypass.
+    """
+    if row.category == gate.Category.ERASURE_RECEIPT:
+        return db.session.get(OutboxMessage, row.id)
+    return None
+
+
+def _mark_sent(row, handed_over_at: datetime) -> None:
+    stored = _through_the_orm(row)
+    if stored is None:
+        db.session.execute(_SENT, {"row_id": row.id, "handed_over_at": handed_over_at})
+        return
+    stored.status, stored.sent_at, stored.lease_until, stored.reason = (
+        "sent", handed_over_at, None, None
+    )
+    stored.attempts += 1
+
+
+def _mark_refused(row, reason: str) -> None:
+    stored = _through_the_orm(row)
+    if stored is None:
+        db.session.execute(_REFUSED, {"row_id": row.id, "why": reason})
+        return
+    stored.status, stored.lease_until, stored.reason = "refused", None, reason
+
+
 def deliver(ids: list[int], tally: Tally) -> None:
     """Hand claimed messages to SMTP over one connection, recording each outcome before the
     next message goes."""
@@ -294,21 +324,18 @@ def deliver(ids: list[int], tally: Tally) -> None:
     rows = {row.id: row for row in db.session.execute(columns.where(OutboxMessage.id.in_(ids)))}
     # The campaign policy once per batch; the recipient's own state is read for each message.
     policy = settings.values().get("campaign_policy")
-    handed_over = None  # (id, time) of the message SMTP accepted, whose record is not committed
+    handed_over = None  # (row, time) of the message SMTP accepted, not yet recorded
     try:
         while remaining:
             row = rows[remaining[0]]
             if handed_over is not None:
                 # The previous message's "sent" is committed with this message's decision, so
                 # before this one goes to SMTP: one commit per message, at most one in doubt.
-                db.session.execute(_SENT, {"row_id": handed_over[0],
-                                           "handed_over_at": handed_over[1]})
+                _mark_sent(*handed_over)
                 handed_over = None
             decision = _decide_at_handoff(row, policy)
             if not decision.allowed:
-                db.session.execute(_REFUSED, {
-                    "row_id": row.id, "why": f"refused at hand-off: {decision.explanation}",
-                })
+                _mark_refused(row, f"refused at hand-off: {decision.explanation}")
                 db.session.commit()
                 tally.add("refused")
                 remaining.pop(0)
@@ -335,11 +362,11 @@ def deliver(ids: list[int], tally: Tally) -> None:
                 db.session.commit()
                 tally.add("failed")
                 break  # the SMTP session may be mid-transaction; start the rest afresh
-            handed_over = (remaining.pop(0), utcnow())
+            remaining.pop(0)
+            handed_over = (row, utcnow())
             tally.add("sent")
         if handed_over is not None:
-            db.session.execute(_SENT, {"row_id": handed_over[0],
-                                       "handed_over_at": handed_over[1]})
+            _mark_sent(*handed_over)
             db.session.commit()
     finally:
         _release(remaining)
