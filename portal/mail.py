@@ -85,14 +85,19 @@ def new_message_id() -> str:
 #: List-Unsubscribe as RFC 2047 words, which a structured header may not carry.
 class _SmtpPolicy(policy.Compat32):
     def fold_binary(self, name, value):
-        # A short ASCII value is written as it is, which is what compat32's folding returns
-        # for it too, without building an email.header.Header for each header of each mail.
-        if (
-            isinstance(value, str)
-            and value.isascii()
-            and len(name) + len(value) + 2 < self.max_line_length
-        ):
-            return f"{name}: {value}{self.linesep}".encode("ascii")
+        # An ASCII value is written as it is (RFC 5322 allows 998 characters a line), so what
+        # was checked when queued is what arrives, and no email.header.Header is built for
+        # each header of each mail. compat32 would move a long value (a List-Unsubscribe, an
+        # encoded subject) to a continuation line, which readers take as a leading space. The
+        # only line breaks are Flask-Mail's own folds of an encoded subject or name.
+        if isinstance(value, str) and value.isascii() and "\r" not in value:
+            lines = value.split("\n")
+            if (
+                all(line[:1] in (" ", "\t") for line in lines[1:])
+                and len(name) + 2 + len(lines[0]) <= MAX_HEADER_LENGTH
+                and all(len(line) <= MAX_HEADER_LENGTH for line in lines)
+            ):
+                return f"{name}: {self.linesep.join(lines)}{self.linesep}".encode("ascii")
         return super().fold_binary(name, value)
 
 
