@@ -2,10 +2,12 @@
 
 A message is written in the same transaction as the change that caused it. The worker claims
 a batch with a lease (rows locked with SKIP LOCKED on PostgreSQL, so several workers on several
-hosts never claim the same row), asks the gate again, hands each message to SMTP over one
-connection, and commits its outcome at once. Killed before the hand-off, a claimed message goes
-out when its lease ends; killed after the commit, it is never sent again. Only a crash between
-the SMTP server's acceptance and our commit can send a second copy, with the same Message-ID.
+hosts never claim the same row), asks the gate again right before each message, hands each
+to SMTP over one connection, and commits its outcome together with the next message's
+decision, before that message goes. Killed before the hand-off, a claimed message goes out
+when its lease ends; killed after the commit, it is never sent again. Only a crash between
+the SMTP server's acceptance and that commit can send a second copy of the one message in
+flight, with the same Message-ID.
 """
 
 import logging
