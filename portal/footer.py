@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 
 from flask_babel import force_locale
 from flask_babel import gettext as _
+from jinja2 import Template
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 SEPARATOR = "-- "  # the signature separator mail clients recognise (RFC 3676)
 
 _environment = SandboxedEnvironment(autoescape=True)
+# Compiled footers by source: a campaign compiles the footer once, not once per contact.
+_compiled: dict[str, Template] = {}
+
+
+def _template(source: str) -> Template:
+    found = _compiled.get(source)
+    if found is None:
+        found = _environment.from_string(source)
+        if len(_compiled) > 20:
+            _compiled.clear()
+        _compiled[source] = found
+    return found
 
 
 def _context(contact: Contact, url: str) -> dict:
@@ -92,19 +105,21 @@ def _default_html(url: str) -> str:
     )
 
 
-def render(contact: Contact) -> tuple[str, str]:
-    """Return the footer for this contact as (text, html)."""
+def render(contact: Contact, source: str | None = None) -> tuple[str, str]:
+    """Return the footer for this contact as (text, html); `source` is the footer setting,
+    if the caller read it already."""
+    if source is None:
+        source = settings.values()["footer_html"]
     with force_locale(contact.language or "en"):
-        return _render(contact)
+        return _render(contact, source or "")
 
 
-def _render(contact: Contact) -> tuple[str, str]:
+def _render(contact: Contact, source: str) -> tuple[str, str]:
     url = manage_url(contact)
-    source = settings.values()["footer_html"] or ""
     rendered = ""
     if source.strip():
         try:
-            rendered = _environment.from_string(source).render(_context(contact, url))
+            rendered = _template(source).render(_context(contact, url))
         except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
             # A footer staff saved but that cannot render must not stop the mail going out.
             log.warning(
@@ -118,9 +133,11 @@ def _render(contact: Contact) -> tuple[str, str]:
     return html_to_text(rendered), rendered
 
 
-def add_footer(text: str, html_body: str | None, contact: Contact) -> tuple[str, str | None]:
+def add_footer(
+    text: str, html_body: str | None, contact: Contact, source: str | None = None
+) -> tuple[str, str | None]:
     """Return the text and HTML parts of a mail with the contact's footer appended to each."""
-    footer_text, footer_html = render(contact)
+    footer_text, footer_html = render(contact, source)
     text = f"{text.rstrip()}\n\n{SEPARATOR}\n{footer_text}\n"
     if html_body is not None:
         block = f'<div class="footer">{footer_html}</div>'

@@ -158,8 +158,15 @@ def decide(
     in_reply_to: str | None = None,
     consent_slug: str | None = None,
     queued_at: datetime | None = None,
+    policy: str | None = None,
+    suppressed: bool | None = None,
 ) -> Decision:
-    """Say whether a message of this category may go to this recipient now, and why not."""
+    """Say whether a message of this category may go to this recipient now, and why not.
+
+    `policy` is the campaign policy in force, and `suppressed` whether `recipient` is on the
+    suppression list, if the caller read them already in this transaction (the campaign job
+    does once per chunk, the outbox reads the policy once per batch); otherwise the gate does.
+    """
     category = Category(category)
     if category is Category.INTERNAL:
         return ALLOW
@@ -176,7 +183,11 @@ def decide(
     # Partner mail goes to the partner but carries the contact's data: the contact's own
     # address on the suppression list stops it as well (M6: the list blocks everything).
     watched = contact.email if category is Category.PARTNER and contact else recipient
-    if watched and suppression.is_suppressed(watched):
+    if watched == recipient and suppressed is not None:
+        on_the_list = suppressed
+    else:
+        on_the_list = bool(watched) and suppression.is_suppressed(watched)
+    if on_the_list:
         return refuse("suppressed")
     if contact is None:
         # Mail to an address that is no contact (a partner's, say) has no status to obey.
@@ -194,7 +205,9 @@ def decide(
         subscription = db.session.get(Subscription, (contact.id, list_id)) if list_id else None
         if subscription is None or subscription.status != "subscribed":
             return refuse("not_subscribed")
-        if status not in policy_statuses(settings.values().get("campaign_policy")):
+        if policy is None:
+            policy = settings.values().get("campaign_policy")
+        if status not in policy_statuses(policy):
             return refuse("policy")
         return ALLOW
     if category is Category.PARTNER:

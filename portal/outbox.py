@@ -2,10 +2,12 @@
 
 A message is written in the same transaction as the change that caused it. The worker claims
 a batch with a lease (rows locked with SKIP LOCKED on PostgreSQL, so several workers on several
-hosts never claim the same row), asks the gate again, hands each message to SMTP over one
-connection, and commits its outcome at once. Killed before the hand-off, a claimed message goes
-out when its lease ends; killed after the commit, it is never sent again. Only a crash between
-the SMTP server's acceptance and our commit can send a second copy, with the same Message-ID.
+hosts never claim the same row), asks the gate again right before each message, hands each
+to SMTP over one connection, and commits its outcome together with the next message's
+decision, before that message goes. Killed before the hand-off, a claimed message goes out
+when its lease ends; killed after the commit, it is never sent again. Only a crash between
+the SMTP server's acceptance and that commit can send a second copy of the one message in
+flight, with the same Message-ID.
 """
 
 import logging
@@ -22,9 +24,12 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from portal import gate
+from portal import settings
+from portal import suppression
 from portal.contacts import Contact
 from portal.db import db
 from portal.db import utcnow
+from portal.lists import Subscription
 from portal.mail import MessageRejected
 from portal.mail import build_message
 from portal.mail import check_address
@@ -89,10 +94,14 @@ def enqueue(
     headers: dict[str, str] | None = None,
     sender: str | None = None,
     campaign_id: int | None = None,
+    policy: str | None = None,
+    suppressed: bool | None = None,
 ) -> OutboxMessage:
     """Queue a message in the current transaction, or raise MessageRejected if malformed.
 
     The gate is asked now; a refused message is kept with its reason, for staff to see.
+    `policy` and `suppressed` are for a caller that read them for many messages at once
+    (see gate.decide).
     """
     recipient = check_address(recipient, "recipient")
     sender = check_address(sender or current_app.config["MAIL_DEFAULT_SENDER"], "sender")
@@ -119,7 +128,7 @@ def enqueue(
     )
     decision = gate.decide(category, recipient=recipient, contact=contact, list_id=list_id,
                            in_reply_to=in_reply_to, consent_slug=consent_slug,
-                           queued_at=row.created_at)
+                           queued_at=row.created_at, policy=policy, suppressed=suppressed)
     if not decision.allowed:
         row.status, row.reason = "refused", f"refused when queued: {decision.explanation}"
     db.session.add(row)
@@ -127,16 +136,27 @@ def enqueue(
     return row
 
 
-def _decide_at_handoff(row: OutboxMessage) -> gate.Decision:
-    contact = None
+def _decide_at_handoff(row, policy: str | None) -> gate.Decision:
+    contact = subscription = suppressed = None
     if row.contact_id is not None:
-        contact = db.session.execute(
-            sa.select(Contact).where(Contact.id == row.contact_id)
+        # What the gate reads about the recipient, read afresh in one query: the contact, their
+        # subscription to the message's list (left in the session, where the gate's lookup by
+        # primary key finds it) and whether the address is on the suppression list.
+        found = db.session.execute(
+            sa.select(Contact, Subscription, suppression.listed(row.recipient))
+            .outerjoin(Subscription, sa.and_(Subscription.contact_id == Contact.id,
+                                             Subscription.list_id == row.list_id))
+            .where(Contact.id == row.contact_id)
             .execution_options(populate_existing=True)
-        ).scalar_one_or_none()
-    return gate.decide(row.category, recipient=row.recipient, contact=contact,
-                       list_id=row.list_id, in_reply_to=row.in_reply_to,
-                       consent_slug=row.consent_slug, queued_at=row.created_at)
+        ).first()
+        if found is not None:
+            contact, subscription, suppressed = found
+    decision = gate.decide(row.category, recipient=row.recipient, contact=contact,
+                           list_id=row.list_id, in_reply_to=row.in_reply_to,
+                           consent_slug=row.consent_slug, queued_at=row.created_at,
+                           policy=policy, suppressed=suppressed)
+    del subscription  # held until the gate has decided
+    return decision
 
 
 def claim(limit: int) -> list[int]:
@@ -238,8 +258,57 @@ def _connection_lost(connection, error: Exception) -> bool:
     return getattr(connection.host, "sock", None) is None
 
 
+#: A handed-over message's outcome, built once: the statement is the same for every message.
+_SENT = (
+    sa.update(OutboxMessage)
+    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    .values(
+        status="sent", lease_until=None, reason=None, attempts=OutboxMessage.attempts + 1,
+        sent_at=sa.bindparam("handed_over_at", type_=OutboxMessage.__table__.c.sent_at.type),
+    )
+    .execution_options(synchronize_session=False)
+)
+_REFUSED = (
+    sa.update(OutboxMessage)
+    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    .values(status="refused", lease_until=None, reason=sa.bindparam("why", type_=sa.String()))
+    .execution_options(synchronize_session=False)
+)
+
+
+def _through_the_orm(row) -> OutboxMessage | None:
+    """Return the stored row if its outcome must be written through the ORM, else None.
+
+    An erasure receipt's address is masked by a listener on the status attribute
+    (portal/erasure/forget.py), which the UPDATE statements above would bypass.
+    """
+    if row.category == gate.Category.ERASURE_RECEIPT:
+        return db.session.get(OutboxMessage, row.id)
+    return None
+
+
+def _mark_sent(row, handed_over_at: datetime) -> None:
+    stored = _through_the_orm(row)
+    if stored is None:
+        db.session.execute(_SENT, {"row_id": row.id, "handed_over_at": handed_over_at})
+        return
+    stored.status, stored.sent_at, stored.lease_until, stored.reason = (
+        "sent", handed_over_at, None, None
+    )
+    stored.attempts += 1
+
+
+def _mark_refused(row, reason: str) -> None:
+    stored = _through_the_orm(row)
+    if stored is None:
+        db.session.execute(_REFUSED, {"row_id": row.id, "why": reason})
+        return
+    stored.status, stored.lease_until, stored.reason = "refused", None, reason
+
+
 def deliver(ids: list[int], tally: Tally) -> None:
-    """Hand claimed messages to SMTP over one connection, committing each outcome at once."""
+    """Hand claimed messages to SMTP over one connection, recording each outcome before the
+    next message goes."""
     remaining = list(ids)
     try:
         connection = connect().__enter__()
@@ -250,20 +319,32 @@ def deliver(ids: list[int], tally: Tally) -> None:
             tally.add(_retry_or_fail(row, error, server_down=True))
         db.session.commit()
         return
+    # The batch's rows in one query, as plain rows that no commit expires: nobody else changes
+    # a row while this worker holds its lease, and outcomes are written with the statements
+    # above.
+    columns = sa.select(*OutboxMessage.__table__.columns)
+    rows = {row.id: row for row in db.session.execute(columns.where(OutboxMessage.id.in_(ids)))}
+    # The campaign policy once per batch; the recipient's own state is read for each message.
+    policy = settings.values().get("campaign_policy")
+    handed_over = None  # (row, time) of the message SMTP accepted, not yet recorded
     try:
         while remaining:
-            row = db.session.get(OutboxMessage, remaining[0])
-            decision = _decide_at_handoff(row)
+            row = rows[remaining[0]]
+            if handed_over is not None:
+                # The previous message's "sent" is committed with this message's decision, so
+                # before this one goes to SMTP: one commit per message, at most one in doubt.
+                _mark_sent(*handed_over)
+                handed_over = None
+            decision = _decide_at_handoff(row, policy)
             if not decision.allowed:
-                row.status, row.lease_until = "refused", None
-                row.reason = f"refused at hand-off: {decision.explanation}"
+                _mark_refused(row, f"refused at hand-off: {decision.explanation}")
                 db.session.commit()
                 tally.add("refused")
                 remaining.pop(0)
                 continue
-            message = build_message(row)
             # End the transaction before talking to SMTP: on SQLite it holds the write lock.
             db.session.commit()
+            message = build_message(row)
             try:
                 connection.send(message)
             except (OSError, smtplib.SMTPException) as error:
@@ -283,12 +364,12 @@ def deliver(ids: list[int], tally: Tally) -> None:
                 db.session.commit()
                 tally.add("failed")
                 break  # the SMTP session may be mid-transaction; start the rest afresh
-            row = db.session.get(OutboxMessage, remaining.pop(0))
-            row.status, row.sent_at, row.lease_until = "sent", utcnow(), None
-            row.attempts += 1
-            row.reason = None
-            db.session.commit()
+            remaining.pop(0)
+            handed_over = (row, utcnow())
             tally.add("sent")
+        if handed_over is not None:
+            _mark_sent(*handed_over)
+            db.session.commit()
     finally:
         _release(remaining)
         try:

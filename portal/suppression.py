@@ -37,6 +37,20 @@ def is_suppressed(address: str) -> bool:
     return db.session.scalar(statement.limit(1)) is not None
 
 
+def listed(address: str) -> sa.ColumnElement[bool]:
+    """Return an SQL expression saying whether an address is on the suppression list."""
+    return sa.exists().where(Suppression.digest.in_(_digests(address)))
+
+
+def suppressed_among(addresses: list[str]) -> set[str]:
+    """Return those of the addresses that are on the suppression list, in one query."""
+    by_digest = {digest: address for address in addresses for digest in _digests(address)}
+    if not by_digest:
+        return set()
+    statement = sa.select(Suppression.digest).where(Suppression.digest.in_(list(by_digest)))
+    return {by_digest[digest] for digest in db.session.scalars(statement)}
+
+
 def suppress(address: str, reason: str) -> Suppression:
     """Add an address to the suppression list (once) and return its entry."""
     existing = db.session.scalar(

@@ -128,11 +128,16 @@ def _context(campaign, contact: Contact, names: frozenset[str]) -> dict:
     return context
 
 
-def render(campaign, contact: Contact) -> tuple[str, str, str | None]:
-    """Return the subject, text and HTML a contact would receive, footer included."""
+def render(
+    campaign, contact: Contact, footer_source: str | None = None
+) -> tuple[str, str, str | None]:
+    """Return the subject, text and HTML a contact would receive, footer included.
+
+    `footer_source` is the footer setting, if the caller read the settings already.
+    """
     text_template, html_template, names = _templates(campaign)
     context = _context(campaign, contact, names)
     text = text_template.render(context)
     html = settings.sanitize_html(html_template.render(context)) if html_template else None
-    text, html = footer.add_footer(text, html, contact)
+    text, html = footer.add_footer(text, html, contact, footer_source)
     return campaign.subject, text, html

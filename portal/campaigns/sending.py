@@ -18,6 +18,7 @@ from portal import gate
 from portal import jobs
 from portal import outbox
 from portal import settings
+from portal import suppression
 from portal import unsubscribe
 from portal.campaigns import Campaign
 from portal.campaigns import CampaignError
@@ -112,14 +113,17 @@ def _items_after(params: dict, after: int, limit: int):
 def _process(params: dict, ids: list[int]) -> str | None:
     """Queue one message for each recipient of a chunk, committed by the job with its cursor."""
     campaign = db.session.get(Campaign, params["campaign_id"])
-    # Read again now, in one query: a contact who left the audience since is skipped.
-    recipients = db.session.scalars(
-        sa.select(Contact)
+    # Read again now, in one query: a contact who left the audience since is skipped. Their
+    # subscriptions come along and stay in the session while `found` holds them, where the
+    # gate's lookup by primary key finds them without a query of its own.
+    found = db.session.execute(
+        sa.select(Contact, Subscription)
         .join(Subscription, sa.true())
         .where(*audience_conditions(campaign.list_id, params["policy"]), Contact.id.in_(ids))
         .options(selectinload(Contact.values).selectinload(FieldValue.field))
         .order_by(Contact.id)
     ).all()
+    recipients = [contact for contact, _subscription in found]
     # Nobody is queued twice, even by a job that walks the audience again from the start.
     already = set(
         db.session.scalars(
@@ -130,11 +134,14 @@ def _process(params: dict, ids: list[int]) -> str | None:
         )
     )
     outcome = "already queued" if already else None
+    # What the gate and the footer read, once for the chunk and in its transaction.
+    in_force = settings.values()
+    suppressed = suppression.suppressed_among([contact.email for contact in recipients])
     for contact in recipients:
         if contact.id in already:
             continue
         try:
-            subject, text, html = render(campaign, contact)
+            subject, text, html = render(campaign, contact, in_force["footer_html"])
             outbox.enqueue(
                 category=gate.Category.CAMPAIGN,
                 recipient=contact.email,
@@ -145,6 +152,8 @@ def _process(params: dict, ids: list[int]) -> str | None:
                 list_id=campaign.list_id,
                 headers=unsubscribe.headers(contact, campaign.mailing_list),
                 campaign_id=campaign.id,
+                policy=in_force["campaign_policy"],
+                suppressed=contact.email in suppressed,
             )
         except (MessageRejected, jinja2.TemplateError) as error:
             # One contact's values must not stop the campaign; logged by id, never address.
