@@ -217,8 +217,8 @@ def portal_one_process(campaign_id: int) -> tuple[float, float, str]:
     """Send the campaign on SQLite: the job, then the outbox, in this process.
 
     SQLite has one writer, and a waiting writer only polls: two worker processes that each
-    commit and begin again at once starve one another past the busy timeout (the outbox
-    worker dies with "database is locked"), so here they take turns.
+    commit and begin again at once starve one another past the busy timeout (the workers then
+    wait and retry), so here they take turns.
     """
     from portal import campaigns
     from portal import create_app
