@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,47 +79,7 @@ def load(data_dir: Path, pools: list[str]) -> None:
 
 def _drive(mode: str, port: int, seconds: int, args, data_dir: Path, pool: str, out_dir: Path):
     """Run wrk with one_click.lua for one phase (or one round of it) and read its results."""
-    result_file = out_dir / f"wrk-{pool}.txt"
-    command = [
-        "wrk",
-        "-t",
-        str(args.connections),
-        "-c",
-        str(args.connections),
-        "-d",
-        f"{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(BENCH / "one_click.lua"),
-        f"http://127.0.0.1:{port}",
-        "--",
-        mode,
-        str(data_dir),
-        pool,
-    ]
-    env = {**os.environ, "BENCH_RESULT_FILE": str(result_file)}
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    if run.returncode != 0 or not result_file.exists():
-        sys.exit(f"wrk failed ({run.returncode}):\n{run.stdout}{run.stderr}")
-    phase = setup.Phase(mode)
-    for line in result_file.read_text().splitlines():
-        kind, *rest = line.split()
-        if kind == "duration_us":
-            phase.seconds = int(rest[0]) / 1e6
-        elif kind.startswith("socket_") and kind != "socket_status" and int(rest[0]):
-            phase.errors[kind.replace("_", " ")] = int(rest[0])
-        elif kind == "count":
-            outcome, number = rest[0], int(rest[1])
-            if outcome == "ok":
-                phase.ok += number
-            elif outcome == "out-of-contacts":
-                phase.stopped_early += number
-            else:
-                phase.errors[outcome] = phase.errors.get(outcome, 0) + number
-        elif kind == "latency":
-            phase.latencies_ms.append(float(rest[0]) / 1000)
-    return phase
+    return setup._drive(mode, port, seconds, args, data_dir, pool, out_dir, "one_click.lua")
 
 
 def _one_click_counts(database_url: str) -> tuple[int, int]:

@@ -252,9 +252,17 @@ class Server:
 
 
 def _drive(
-    mode: str, port: int, seconds: int, args, data_dir: Path, pool: str, out_dir: Path
+    mode: str,
+    port: int,
+    seconds: int,
+    args,
+    data_dir: Path,
+    pool: str,
+    out_dir: Path,
+    script: str = "load.lua",
 ) -> Phase:
-    """Run wrk for one phase (or one round of it) and read back what load.lua recorded."""
+    """Run wrk with a script of bench/ for one phase (or one round of it) and read back what
+    the script recorded (load.lua here; bench/one_click.py passes one_click.lua)."""
     result_file = out_dir / f"wrk-{pool}.txt"
     command = [
         "wrk",
@@ -267,7 +275,7 @@ def _drive(
         "--timeout",
         "10s",
         "-s",
-        str(BENCH / "load.lua"),
+        str(BENCH / script),
         f"http://127.0.0.1:{port}",
         "--",
         mode,

@@ -221,7 +221,7 @@ def _send(contact: Contact, template: str, subject, language: str, **context) ->
         )
 
 
-def _cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
+def cancel_pending_grants(contact: Contact, withdrawn: list[Item]) -> None:
     """Drop the grants of withdrawn items from pending changes: an old link cannot undo a no."""
     keys = {(item.kind, item.ref) for item in withdrawn}
     for change in db.session.scalars(_WAITING, {"contact_id": contact.id}):
@@ -252,7 +252,7 @@ def withdraw(contact: Contact, page: Page, withdrawn: list[Item], *, language: s
     for item in withdrawn:
         _apply(contact, page, item, method="page", evidence_ref=reference, evidence=evidence,
                language=language, rule_version=rule_version)
-    _cancel_pending_grants(contact, withdrawn)
+    cancel_pending_grants(contact, withdrawn)
     _send(contact, "withdrawn", _l("Your choices were saved"), language, items=lines,
           undo_url=undo_url)
     return record

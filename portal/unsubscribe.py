@@ -134,6 +134,6 @@ def unsubscribe(
     )
     withdrawn = [changes.Item(LIST, mailing_list.slug, False)]
     # The page's own rule for withdrawals, so both ways of leaving a list cancel alike.
-    changes._cancel_pending_grants(contact, withdrawn)
+    changes.cancel_pending_grants(contact, withdrawn)
     webforms.forget_list(contact, mailing_list)
     return True

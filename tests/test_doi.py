@@ -3,7 +3,6 @@
 
 import re
 import secrets
-import threading
 import time
 from datetime import UTC
 from datetime import datetime
@@ -16,6 +15,7 @@ from test_backoffice_auth import csrf_token
 from test_preferences import BAD_LINK
 from test_preferences import BASE_URL
 from test_preferences import EXPIRED_LINK
+from test_preferences import press_together
 from test_preferences import read_form
 from test_preferences import text_of
 
@@ -454,30 +454,7 @@ def test_two_simultaneous_confirmations_give_one_event(base_app, smtp):
     try:
         with base_app.app_context():
             forms = [read_form(browser.get(path).text)[1] for browser in browsers]
-        barrier = threading.Barrier(2)
-        pages: list[str] = []
-        errors: list[BaseException] = []
-
-        def press_at_once(browser, form) -> None:
-            try:
-                with base_app.app_context():  # each browser in its own context and session
-                    barrier.wait(timeout=10)
-                    response = browser.post(path, data=form)
-                assert response.status_code == 200
-                pages.append(response.text)
-            except BaseException as error:  # reported below, in the test's thread
-                errors.append(error)
-                barrier.abort()
-
-        threads = [
-            threading.Thread(target=press_at_once, args=pair)
-            for pair in zip(browsers, forms, strict=True)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not errors, errors
+        pages = press_together(base_app, path, browsers, forms)
         assert sorted("Already confirmed" in page for page in pages) == [False, True]
         with base_app.app_context():
             doubles = [

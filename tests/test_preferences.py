@@ -878,6 +878,34 @@ def test_a_confirm_or_undo_post_without_a_good_csrf_token_asks_to_review(
     assert "Your changes are confirmed" in press(client, confirm).text
 
 
+def press_together(app, path: str, browsers, forms) -> list[str]:
+    """Post each browser's form to path at the same moment, each browser in its own app
+    context and session; return the pages, once every answer was a 200."""
+    barrier = threading.Barrier(len(browsers))
+    pages: list[str] = []
+    errors: list[BaseException] = []
+
+    def press(browser, form) -> None:
+        try:
+            with app.app_context():
+                barrier.wait(timeout=10)
+                response = browser.post(path, data=form)
+            assert response.status_code == 200
+            pages.append(response.text)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=press, args=pair)
+               for pair in zip(browsers, forms, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    return pages
+
+
 # --- Two confirmations at once (PostgreSQL) ----------------------------------------------------
 
 
@@ -907,28 +935,7 @@ def test_two_simultaneous_confirmations_give_one_event_and_one_receipt(base_app,
             (message,) = [m.message for m in smtp.to(address)]
             confirm = link_in(message, "c")
             forms = [read_form(browser.get(confirm).text)[1] for browser in browsers]
-        barrier = threading.Barrier(2)
-        pages: list[str] = []
-        errors: list[BaseException] = []
-
-        def press_at_once(browser, form) -> None:
-            try:
-                with base_app.app_context():  # each browser in its own context and session
-                    barrier.wait(timeout=10)
-                    response = browser.post(confirm, data=form)
-                assert response.status_code == 200
-                pages.append(response.text)
-            except BaseException as error:  # reported below, in the test's thread
-                errors.append(error)
-                barrier.abort()
-
-        threads = [threading.Thread(target=press_at_once, args=pair)
-                   for pair in zip(browsers, forms, strict=True)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert not errors, errors
+        pages = press_together(base_app, confirm, browsers, forms)
         assert sorted("Already confirmed" in page for page in pages) == [False, True]
 
         with base_app.app_context():
