@@ -5,12 +5,15 @@ rotate by id and never by their order in a list. The payload holds the contact's
 its link version; raising the version revokes every outstanding link at once.
 """
 
+import hashlib
+import hmac
 import time
 from functools import lru_cache
 from urllib.parse import urljoin
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_wtf.csrf import CSRFError
 from itsdangerous import BadData
 from itsdangerous import URLSafeTimedSerializer
 
@@ -83,3 +86,40 @@ def public_url(path: str) -> str:
 def manage_url(contact: Contact) -> str:
     """Return the contact's preference-page URL, to be put in an email."""
     return public_url(f"/p/{make_token('manage', contact)}")
+
+
+def _form_mac(secret: str | bytes, contact: Contact, issued: str) -> str:
+    key = secret.encode() if isinstance(secret, str) else secret
+    content = f"portal.link-form|{issued}|{contact.public_id}|{contact.link_version}".encode()
+    return hmac.new(key, content, hashlib.sha256).hexdigest()[:32]
+
+
+def form_token(contact: Contact) -> str:
+    """Return the CSRF token of a form on a contact's link page: timed, signed, theirs alone.
+
+    A contact's page has no sign-in and needs no session: the link in its address is the
+    credential, and this token shows that the form was served, recently, on a page of this
+    contact's links (raising the link version voids it with them). So a first visit from an
+    email sets no cookie.
+    """
+    issued = str(int(time.time()))
+    return f"{issued}.{_form_mac(current_app.secret_key, contact, issued)}"
+
+
+def check_form_token(contact: Contact, value: str | None) -> None:
+    """Raise CSRFError unless `value` is a form token of this contact, younger than the limit.
+
+    Flask's fallback keys are accepted too, so rotating SECRET_KEY breaks no open form.
+    """
+    issued, _, mac = (value or "").partition(".")
+    if not issued.isdigit() or not mac:
+        raise CSRFError("The CSRF token is missing.")
+    age = time.time() - int(issued)
+    limit = current_app.config.get("WTF_CSRF_TIME_LIMIT", 3600)
+    if age < -CLOCK_SKEW_SECONDS or (limit is not None and age > limit):
+        raise CSRFError("The CSRF token has expired.")
+    secrets = [current_app.secret_key, *(current_app.config.get("SECRET_KEY_FALLBACKS") or ())]
+    if not any(
+        hmac.compare_digest(mac, _form_mac(secret, contact, issued)) for secret in secrets if secret
+    ):
+        raise CSRFError("The CSRF token is invalid.")

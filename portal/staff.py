@@ -133,4 +133,6 @@ def can_reveal(user: StaffUser, field_id: int) -> bool:
 
 def init_app(app) -> None:
     """Bind Flask-Login."""
-    login_manager.init_app(app)
+    # Only staff pages show the signed-in user: the back office's blueprint puts current_user
+    # into its templates, so a contact's page does not look for a staff session at all.
+    login_manager.init_app(app, add_context_processor=False)

@@ -878,6 +878,71 @@ def test_a_confirm_or_undo_post_without_a_good_csrf_token_asks_to_review(
     assert "Your changes are confirmed" in press(client, confirm).text
 
 
+def test_a_first_visit_from_an_email_sets_no_cookie_and_its_form_still_saves(app, world):
+    # A browser that keeps no cookie at all: the link is the only credential a page needs.
+    browser = app.test_client(use_cookies=False)
+    path = manage_path(world.ada)
+    page = browser.get(path)
+    assert page.status_code == 200
+    assert "Set-Cookie" not in page.headers
+
+    _action, form = read_form(page.text)
+    form.pop("list:news")
+    response = browser.post(path, data=form)
+    assert response.status_code == 303
+    assert state(world.ada)["lists"]["news"] == "unsubscribed"
+
+
+def test_a_form_token_from_another_contacts_page_asks_to_review(client, world):
+    bob = add_contact("bob@example.com", first_name="Bob", language="en")
+    db.session.commit()
+    _action, bobs_form = read_form(client.get(manage_path(bob)).text)
+    path = manage_path(world.ada)
+    _action, form = read_form(client.get(path).text)
+    before = footprint(world.ada)
+
+    form.pop("list:news")
+    response = client.post(path, data={**form, "csrf_token": bobs_form["csrf_token"]})
+    assert "Please review and resubmit" in response.text
+    assert footprint(world.ada) == before
+
+
+def test_an_hour_old_form_asks_to_review_and_keeps_the_choices(client, world, monkeypatch):
+    path = manage_path(world.ada)
+    _action, form = read_form(client.get(path).text)
+    before = footprint(world.ada)
+    later = time.time() + 3601
+    monkeypatch.setattr("portal.links.time", SimpleNamespace(time=lambda: later))
+
+    form.pop("list:news")
+    response = client.post(path, data=form)
+    assert "Please review and resubmit" in response.text
+    assert footprint(world.ada) == before
+    _action, again = read_form(response.text)
+    assert "list:news" not in again
+    assert client.post(path, data=again).status_code == 303
+
+
+@pytest.mark.parametrize("keep_old_key", [True, False])
+def test_rotating_the_secret_key_keeps_open_forms_only_while_the_old_key_is_a_fallback(
+    app, client, world, keep_old_key, monkeypatch
+):
+    path = manage_path(world.ada)
+    _action, form = read_form(client.get(path).text)
+    form.pop("list:news")
+    old_key = app.config["SECRET_KEY"]
+    monkeypatch.setitem(app.config, "SECRET_KEY", "a-new-secret-key-for-the-test")
+    monkeypatch.setitem(app.config, "SECRET_KEY_FALLBACKS", [old_key] if keep_old_key else [])
+
+    response = client.post(path, data=form)
+    if keep_old_key:
+        assert response.status_code == 303
+        assert state(world.ada)["lists"]["news"] == "unsubscribed"
+    else:
+        assert "Please review and resubmit" in response.text
+        assert state(world.ada)["lists"]["news"] == "subscribed"
+
+
 def press_together(app, path: str, browsers, forms) -> list[str]:
     """Post each browser's form to path at the same moment, each browser in its own app
     context and session; return the pages, once every answer was a 200."""

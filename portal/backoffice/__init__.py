@@ -22,6 +22,11 @@ def require_sign_in():
     return None
 
 
+@bp.context_processor
+def staff_member():
+    return {"current_user": current_user._get_current_object()}
+
+
 @bp.after_request
 def never_cache(response):
     # Staff pages show personal data: no shared or browser cache may keep them.

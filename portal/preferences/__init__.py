@@ -33,6 +33,8 @@ from portal.db import db
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
+from portal.links import check_form_token
+from portal.links import form_token
 from portal.links import make_token
 from portal.links import read_token
 
@@ -49,6 +51,10 @@ OPT_IN_WORDS = {
     OptIn.OPTOUT_USER: _l("You asked us to stop sending you marketing email."),
     OptIn.OPTOUT_CONTACT: _l("You stopped all marketing email."),
 }
+
+
+# The forms of link pages carry a token bound to the contact, not to a session (links.form_token).
+bp.add_app_template_global(form_token, "link_form_token")
 
 
 @bp.after_request
@@ -81,6 +87,18 @@ def _contact_from(purpose: str, token: str):
         log.info("refused %s link %s: %s", purpose, digest, error)
         raise BadLink(expired=isinstance(error, TokenExpired)) from None
     g.contact_language = contact.language
+    return contact, payload
+
+
+def _posted_contact(purpose: str, token: str):
+    """Return what _contact_from does, for a form's POST whose form token is checked too.
+
+    The views posting to a link are exempt from Flask-WTF's check, tied to a session: their
+    forms carry a token bound to the contact instead (links.form_token). The link is read first,
+    so a bad link gets the bad-link page rather than "please review and resubmit".
+    """
+    contact, payload = _contact_from(purpose, token)
+    check_form_token(contact, request.form.get("csrf_token"))
     return contact, payload
 
 
@@ -137,7 +155,7 @@ def manage(token: str):
 
 
 @bp.post("/p/<token>")
-@csrf.exempt  # checked inside, to keep the contact's choices when the form has expired
+@csrf.exempt  # the link's form token is checked inside, to keep the contact's choices
 def save(token: str):
     """Apply withdrawals at once and mail a confirmation link for everything else.
 
@@ -148,7 +166,7 @@ def save(token: str):
     page = page_for(contact)
     choices, versions = _submitted(page)
     try:
-        csrf.protect()
+        check_form_token(contact, request.form.get("csrf_token"))
     except CSRFError:
         # An expired form or a rotated key: show the page again with the contact's choices
         # still set, so nothing they chose is lost.
@@ -189,9 +207,10 @@ def save(token: str):
 
 
 @bp.post("/p/<token>/leave/<slug>")
+@csrf.exempt  # the link's own form token: _posted_contact
 def leave(token: str, slug: str):
     """Leave one mailing list at once: the unsubscribe link's one button (N5)."""
-    contact, _payload = _contact_from("manage", token)
+    contact, _payload = _posted_contact("manage", token)
     record = changes.leave_list(contact, slug, language=str(get_locale()), evidence=_evidence())
     db.session.commit()
     if record is not None:
@@ -209,14 +228,15 @@ def confirm_page(token: str):
     if change is None:
         raise BadLink(expired=False)
     page = page_for(contact)
-    return render_template("preferences/confirm.html", token=token, change=change,
+    return render_template("preferences/confirm.html", token=token, change=change, contact=contact,
                            items=changes.describe(page, change.changes()))
 
 
 @bp.post("/c/<token>")
+@csrf.exempt  # the link's own form token: _posted_contact
 def confirm(token: str):
     """Apply the pending change, once."""
-    contact, payload = _contact_from("confirm", token)
+    contact, payload = _posted_contact("confirm", token)
     status, change = changes.confirm(contact, str(payload.get("p", "")), evidence=_evidence())
     if status == "unknown":
         raise BadLink(expired=False)
@@ -233,14 +253,15 @@ def undo_page(token: str):
     if record is None:
         raise BadLink(expired=False)
     page = page_for(contact)
-    return render_template("preferences/undo.html", token=token, record=record,
+    return render_template("preferences/undo.html", token=token, record=record, contact=contact,
                            items=changes.describe(page, record.changes()))
 
 
 @bp.post("/u/<token>")
+@csrf.exempt  # the link's own form token: _posted_contact
 def undo(token: str):
     """Restore what a withdrawal took away, once."""
-    contact, payload = _contact_from("undo", token)
+    contact, payload = _posted_contact("undo", token)
     status, _record = changes.undo(contact, str(payload.get("u", "")), evidence=_evidence())
     if status == "unknown":
         raise BadLink(expired=False)

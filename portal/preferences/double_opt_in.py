@@ -4,9 +4,12 @@ A mail scanner that opens the link (GET or HEAD) changes nothing and uses up not
 """
 
 from flask import render_template
+from flask import request
 
+from portal import csrf
 from portal import doi
 from portal.db import db
+from portal.links import check_form_token
 from portal.links import make_token
 from portal.preferences import BadLink
 from portal.preferences import _contact_from
@@ -34,9 +37,11 @@ def doi_page(token: str):
 
 
 @bp.post("/d/<token>")
+@csrf.exempt  # the link's own form token, checked below
 def doi_confirm(token: str):
     """Set Double opt-in, once, and thank the contact."""
     contact, doi_request = _request_for(token)
+    check_form_token(contact, request.form.get("csrf_token"))
     status, _row = doi.confirm(contact, doi_request.public_id, evidence=_evidence())
     if status in ("unknown", "expired"):
         raise BadLink(expired=status == "expired")
