@@ -36,6 +36,7 @@ from portal import lists
 from portal.choices import page_for
 from portal.contacts import OptIn
 from portal.db import db
+from portal.links import form_token
 from portal.links import make_token
 
 BATCH = 200
@@ -81,9 +82,11 @@ def _line(contact: contacts.Contact, by_slug: dict[str, lists.MailingList]) -> s
     """Describe one contact's form and the stamps of the states the load generator makes."""
     page = page_for(contact)
     on_lists = [item for item in page.lists if item.id in page.subscribed]
-    # The hidden fields a browser sends with every submit: the consent text versions shown.
+    # The hidden fields a browser sends with every submit: the form's CSRF token (bound to the
+    # contact, valid for an hour) and the consent text versions shown.
     hidden = urlencode(
-        [(f"version:{choice.definition.slug}", choice.version.number) for choice in page.consents]
+        [("csrf_token", form_token(contact))]
+        + [(f"version:{choice.definition.slug}", choice.version.number) for choice in page.consents]
     )
     stamps = [page.stamp()]
     savepoint = db.session.begin_nested()

@@ -1,6 +1,7 @@
 """Mailing lists and each contact's subscriptions to them."""
 
 from datetime import datetime
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
@@ -87,9 +88,16 @@ def subscriptions_of(contact: Contact) -> list[Subscription]:
     return list(db.session.scalars(statement))
 
 
+class ListRef(Protocol):
+    """What a subscription change needs of a list: a MailingList, or the catalogue's copy."""
+
+    id: int
+    slug: str
+
+
 def set_subscription(
     contact: Contact,
-    mailing_list: MailingList,
+    mailing_list: ListRef,
     subscribed: bool,
     *,
     method: str,
