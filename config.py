@@ -19,7 +19,11 @@ class Config:
 
     # Database. None means SQLite in the instance folder (the embedded default).
     SQLALCHEMY_DATABASE_URI: str | None = None
-    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {}
+    # A pooled database connection idle for longer than this is pinged before use, and
+    # replaced if the server dropped it (a restart, an idle timeout). One in steady use is not:
+    # a ping before every request would be one more round trip each time.
+    PORTAL_DB_PING_IDLE_SECONDS = 10
 
     # Mail (Flask-Mail). Sending is never suppressed implicitly: Flask-Mail would otherwise
     # follow app.testing and silently drop every message in tests.

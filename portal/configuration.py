@@ -31,10 +31,6 @@ def load(app, test_config: dict | None) -> None:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{app.instance_path}/portal.sqlite3"
     _check(app.config)
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # A SQLite file has no server to drop the connection: pinging it before every use
-        # would be one more statement per request for nothing.
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"].pop("pool_pre_ping", None)
     # url_for(_external=True) and the test client follow the public address's scheme.
     app.config["PREFERRED_URL_SCHEME"] = urlsplit(app.config["PORTAL_BASE_URL"]).scheme
 

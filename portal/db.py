@@ -1,6 +1,7 @@
 """The database: the Flask-SQLAlchemy extension, the model base and the column types we share."""
 
 import json
+import time
 from datetime import UTC
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,35 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before use when it has been idle, and replace it if dead.
+
+    SQLAlchemy's pool_pre_ping checks before every use: a round trip per request. A server
+    restart or idle timeout drops connections that sat unused; one used moments ago is alive
+    (and should it fail anyway, SQLAlchemy invalidates the whole pool on that error).
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def on_checkin(_dbapi_connection, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_connection, record, _proxy):
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is not None and time.monotonic() - checked_in_at < idle_seconds:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            # The ping must not leave a transaction open for the connection's next user.
+            dbapi_connection.rollback()
+        except Exception as error:
+            # The pool discards this connection and checks out another (SQLAlchemy's
+            # documented way for a checkout handler to say "dead").
+            raise sa.exc.DisconnectionError(str(error)) from error
+
+
 def _render_item(type_, obj, _context):
     """Write UTCDateTime columns into migrations as the plain type they store."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
@@ -117,3 +147,6 @@ def init_app(app) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             _configure_sqlite(db.engine)
+        else:
+            # A SQLite file has no server to drop the connection: nothing to ping.
+            _ping_when_idle(db.engine, app.config["PORTAL_DB_PING_IDLE_SECONDS"])
