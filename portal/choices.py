@@ -6,11 +6,13 @@ Outside the page's audience, or while the page is disabled, it offers the email 
 """
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
+from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
@@ -25,8 +27,10 @@ from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.contacts import FieldDefinition
 from portal.contacts import FieldValue
+from portal.db import UTCDateTime
 from portal.db import canonical_json
 from portal.db import db
+from portal.db import utcnow
 from portal.lists import MailingList
 from portal.lists import Subscription
 
@@ -214,6 +218,10 @@ class Page:
     lists: list[ListInfo] = field(default_factory=list)
     subscribed: set[int] = field(default_factory=set)
     consents: list[ConsentChoice] = field(default_factory=list)
+    #: Grants the contact asked for whose confirmation link is still alive: when each was
+    #: last asked for, keyed by (kind, reference). The page says they are waiting, so that a
+    #: contact who reloads it does not think the request was lost.
+    waiting: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
     def current(self) -> dict[tuple[str, str], bool]:
         """Return where each offered choice stands now, keyed by (kind, reference)."""
@@ -251,9 +259,20 @@ class Page:
         return next((item for item in self.lists if item.slug == slug), None)
 
 
+#: The table of portal.changes.PendingChange (which imports this module).
+_PENDING = sa.table(
+    "pending_changes",
+    sa.column("contact_id"),
+    sa.column("items", sa.JSON),
+    sa.column("status"),
+    sa.column("created_at", UTCDateTime()),
+)
+
+
 def _state_query(with_values: bool) -> sa.CompoundSelect:
-    """One query for what a page needs of one contact: consent states, subscriptions and
-    (when a rule reads custom fields) the plain values of those fields."""
+    """One query for what a page needs of one contact: consent states, subscriptions, the
+    grants waiting for confirmation and (when a rule reads custom fields) the plain values of
+    those fields."""
     contact_id = sa.bindparam("contact_id")
     none = sa.null()
     parts = [
@@ -264,6 +283,11 @@ def _state_query(with_values: bool) -> sa.CompoundSelect:
         .where(ConsentState.contact_id == contact_id),
         sa.select(sa.literal_column("'list'"), Subscription.list_id, none, none, none)
         .where(Subscription.contact_id == contact_id, Subscription.status == "subscribed"),
+        # The grants waiting for confirmation, as their JSON text (changes.PendingChange).
+        sa.select(sa.literal_column("'waiting'"), none, sa.cast(_PENDING.c["items"], sa.Text),
+                  none, _PENDING.c.created_at)
+        .where(_PENDING.c.contact_id == contact_id, _PENDING.c.status == "pending",
+               _PENDING.c.created_at > sa.bindparam("waiting_since")),
     ]
     if with_values:
         # Only the plain value: rules never read a sensitive field's ciphertext or mask.
@@ -283,18 +307,21 @@ _STATE_QUERIES = {False: _state_query(False), True: _state_query(True)}
 def page_for(contact: Contact) -> Page:
     """Return what this contact's page offers and where each choice stands.
 
-    Beyond the cached catalogue it makes one query (consent states, subscriptions and the
-    custom field values the rules read), none for a contact not yet saved.
+    Beyond the cached catalogue it makes one query (consent states, subscriptions, the grants
+    waiting for confirmation and the custom field values the rules read), none for a contact
+    not yet saved.
     """
     known = catalogue()
-    states, subscribed, values = {}, set(), {}
+    states, subscribed, values, waiting = {}, set(), {}, {}
     if contact.id is None:
         # A contact that exists only in memory (the staff preview of typed-in values): no
         # decisions or subscriptions yet, and its values are the ones it holds.
         values = {row.field_id: row.value for row in contact.values}
     else:
         field_ids = known.custom_field_ids
-        params = {"contact_id": contact.id}
+        # A request older than its confirmation link can no longer be confirmed.
+        alive = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"])
+        params = {"contact_id": contact.id, "waiting_since": utcnow() - alive}
         if field_ids:
             params["field_ids"] = sorted(field_ids)
         for kind, ref, text, number, at in db.session.execute(
@@ -304,13 +331,19 @@ def page_for(contact: Contact) -> Page:
                 states[ref] = StateInfo(text, number, at)
             elif kind == "list":
                 subscribed.add(ref)
+            elif kind == "waiting":
+                for item in json.loads(text):
+                    key = (item["kind"], item["ref"])
+                    if item["value"] and (key not in waiting or at > waiting[key]):
+                        waiting[key] = at
             else:
                 values[ref] = text
     settings_now = known.settings
     full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
                                                                       values)
     page = Page(contact=contact, full=full, rule_version=known.rule_version,
-                policy_html=settings_now["policy_html"] if full else "", subscribed=subscribed)
+                policy_html=settings_now["policy_html"] if full else "", subscribed=subscribed,
+                waiting=waiting)
     page.lists = [item for item in known.lists if item.public or item.id in subscribed]
     if full:
         page.consents = [

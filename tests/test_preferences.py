@@ -12,6 +12,7 @@ import re
 import secrets
 import threading
 import time
+from datetime import timedelta
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -306,6 +307,55 @@ def test_the_undo_link_restores_the_withdrawn_state(client, smtp, world):
     again = press(client, undo, form=second_tab)
     assert "Already undone" in again.text
     assert state(ada)["lists"]["news"] == "unsubscribed"
+
+
+WAITING = "Waiting for your confirmation: we emailed you a link on"
+
+
+def _hint_of(html: str, control_id: str) -> str:
+    """Return the text that describes a control: the paragraphs its aria-describedby names."""
+    described = re.search(rf'id="{control_id}"[^>]*aria-describedby="([^"]+)"', html)
+    if described is None:
+        return ""
+    return " ".join(
+        re.search(rf'<p[^>]* id="{ref}">(.*?)</p>', html, re.S).group(1)
+        for ref in described.group(1).split()
+    )
+
+
+def test_the_page_says_which_requests_wait_for_confirmation_until_they_are_confirmed(
+    client, smtp, world
+):
+    ada = world.ada
+    post_page(client, manage_path(ada), choose={"list:offers": "on", "erasure": "on"})
+    page = client.get(manage_path(ada)).text
+    # Nothing changed yet, and the page says so next to each control the contact asked for.
+    assert 'name="list:offers" checked' not in page
+    assert WAITING in _hint_of(page, "list-offers")
+    assert WAITING in _hint_of(page, "erasure")
+    assert WAITING not in _hint_of(page, "list-news")
+    assert WAITING not in _hint_of(page, "stop-processing")
+
+    deliver()
+    confirm = link_in(the_mail(smtp, ada, CONFIRM_SUBJECT), "c")
+    press(client, confirm)
+    page = client.get(manage_path(ada)).text
+    assert WAITING not in page
+
+
+def test_a_request_whose_confirmation_link_expired_no_longer_shows_as_waiting(
+    app, client, world
+):
+    post_page(client, manage_path(world.ada), choose={"list:offers": "on"})
+    assert WAITING in client.get(manage_path(world.ada)).text
+    confirm_hours = app.config["PORTAL_LINK_MAX_AGE"]["confirm"] / 3600
+    db.session.execute(
+        sa.update(PendingChange)
+        .where(PendingChange.contact_id == world.ada.id)
+        .values(created_at=utcnow() - timedelta(hours=confirm_hours + 1))
+    )
+    db.session.commit()
+    assert WAITING not in client.get(manage_path(world.ada)).text
 
 
 def test_a_withdrawal_cancels_a_pending_grant_of_the_same_item(client, smtp, world):
