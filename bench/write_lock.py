@@ -1,0 +1,168 @@
+"""Measure how long a change holds SQLite's write lock: the ceiling of writes per second.
+
+    .venv/bin/python bench/write_lock.py [--requests N]
+
+SQLite lets one transaction write at a time. A request that changes something takes the
+write lock when its transaction begins (`BEGIN IMMEDIATE`, so that two writers queue rather
+than fail halfway) and holds it until the commit has reached the disk. However many workers
+serve them, such requests cannot complete faster than one per lock hold, so 1 / (mean hold)
+is the ceiling of their rate on SQLite, before any other cost.
+
+This script serves requests in this process (Flask's test client, no HTTP server) on a SQLite
+database in a temporary folder, loaded as bench/preference_page.py loads it, and times every
+write transaction from its BEGIN to the end of its COMMIT:
+
+- one-click POST: `POST /o/<token>` with `List-Unsubscribe=One-Click` (issue 5);
+- submit POST: the preference form leaving one list (a ledger event, an undo record and a
+  notice in the outbox; issue 4), its form read by a page GET first (not timed).
+
+Prints, for each, the mean and median lock hold, the ceiling it implies, and the CPU time per
+request in this process. Compare the ceiling with the hello-world's rate in the same
+machine's gunicorn benchmark: issue 4 asks 0.20x of it for the submit POST, issue 5 0.35x for
+the one-click POST.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import preference_page as setup
+import sqlalchemy as sa
+
+BENCH = Path(__file__).resolve().parent
+#: The portal's public address in the benchmark environment (its only trusted host).
+BASE = "http://127.0.0.1:5000"
+
+
+class LockClock:
+    """Time each committed transaction, from its BEGIN (IMMEDIATE for a write) to the end of
+    its COMMIT."""
+
+    def __init__(self, engine: sa.Engine, session_class):
+        self.holds: list[float] = []
+        self._started: float | None = None
+        # Registered after the portal's own "begin" listener, which issues BEGIN IMMEDIATE:
+        # the clock starts once the lock is held.
+        sa.event.listen(engine, "begin", self._begin)
+        sa.event.listen(session_class, "after_commit", self._committed)
+
+    def _begin(self, _connection):
+        self._started = time.perf_counter()
+
+    def _committed(self, _session):
+        if self._started is not None:
+            self.holds.append(time.perf_counter() - self._started)
+            self._started = None
+
+
+def _form_fields(html: str) -> list[tuple[str, str]]:
+    """Return what a browser would send for the page's form, as it stands."""
+    form = html[html.index('<form method="post" action="/p/') :]
+    fields = []
+    for match in re.finditer(r"<input([^>]*)>", form):
+        attributes = dict(re.findall(r'([\w:-]+)="([^"]*)"', match.group(1)))
+        kind, name = attributes.get("type"), attributes.get("name")
+        checked = " checked" in match.group(1)
+        if name and (kind == "hidden" or (kind in ("checkbox", "radio") and checked)):
+            fields.append((name, attributes.get("value", "on")))
+    return fields
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="requests of each kind")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-write-lock-"))
+    try:
+        env = setup._portal_environment(f"sqlite:///{work}/portal.sqlite3", 5000)
+        setup._run([str(setup.BIN / "flask"), "--app", "wsgi", "db", "upgrade"], env, "migrate")
+        contacts = args.requests + 50
+        setup._run(
+            [sys.executable, str(BENCH / "data.py"), str(work / "data"), "--demo",
+             "--pool", f"lock:1:{contacts}"],
+            env,
+            "load data",
+        )
+        # This process becomes the portal: its keys and database.
+        os.environ.update(env)
+        sys.path.insert(0, str(setup.ROOT))
+        from portal import create_app
+        from portal import lists
+        from portal import unsubscribe
+        from portal.contacts import Contact
+        from portal.db import db
+
+        app = create_app(instance_path=str(work / "data" / "instance"))
+        client = app.test_client()
+        with app.app_context():
+            clock = LockClock(db.engine, sa.orm.Session)
+            rows = db.session.execute(
+                sa.select(Contact, lists.MailingList)
+                .join(lists.Subscription, lists.Subscription.contact_id == Contact.id)
+                .join(lists.MailingList, lists.MailingList.id == lists.Subscription.list_id)
+                .where(lists.Subscription.status == "subscribed", Contact.email.like("%lock%"))
+                .order_by(Contact.id, lists.MailingList.id)
+            ).all()
+            # Each contact's first list for the page submit, its second for the one-click.
+            by_contact: dict[int, list] = {}
+            for contact, mailing_list in rows:
+                by_contact.setdefault(contact.id, []).append((contact, mailing_list))
+            pairs = [found for found in by_contact.values() if len(found) >= 2]
+            one_click = [unsubscribe.make_token(*found[1]) for found in pairs]
+            db.session.remove()
+        lines = (work / "data" / "lock-1.txt").read_text().splitlines()
+        pages = [line.split("\t")[0] for line in lines if line]
+
+        results = {}
+        # One-click POSTs.
+        clock.holds.clear()
+        started = time.process_time()
+        done = 0
+        for token in one_click[: args.requests]:
+            response = client.post(f"/o/{token}", base_url=BASE,
+                                   data={"List-Unsubscribe": "One-Click"})
+            assert response.status_code == 200, response.status_code
+            done += 1
+        results["one-click POST"] = (list(clock.holds), (time.process_time() - started) / done)
+
+        # Page submits leaving one list, each form read by a GET first (not counted).
+        holds, cpu = [], 0.0
+        for token in pages[: args.requests]:
+            page = client.get(f"/p/{token}", base_url=BASE)
+            fields = _form_fields(page.text)
+            leave = next(field for field in fields if field[0].startswith("list:"))
+            fields.remove(leave)
+            clock.holds.clear()
+            started = time.process_time()
+            response = client.post(f"/p/{token}", base_url=BASE, data=urlencode(fields),
+                                   content_type="application/x-www-form-urlencoded")
+            cpu += time.process_time() - started
+            assert response.status_code == 303, response.status_code
+            holds += clock.holds
+        results["submit POST"] = (holds, cpu / len(pages[: args.requests]))
+
+        print(f"{'request':<16}{'writes':>8}{'mean hold ms':>14}{'median ms':>11}"
+              f"{'ceiling /s':>12}{'CPU ms/request':>16}")
+        for name, (found, cpu_each) in results.items():
+            mean = statistics.fmean(found)
+            median = statistics.median(found)
+            print(f"{name:<16}{len(found):>8}{1000 * mean:>14.3f}{1000 * median:>11.3f}"
+                  f"{1 / mean:>12.0f}{1000 * cpu_each:>16.3f}")
+        print(f"CPython {sys.version.split()[0]}; portal {setup._revision()}; "
+              f"SQLite {sqlite3.sqlite_version}, WAL, synchronous at its default (FULL)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
