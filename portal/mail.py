@@ -4,9 +4,12 @@ Flask-Mail checks the subject, sender and recipients for CR/LF but not the extra
 every header value is checked here before a message is queued (SECURITY.md 7).
 """
 
+import secrets
 import smtplib
 import uuid
 from email import policy
+from email.generator import BytesGenerator
+from io import BytesIO
 from urllib.parse import urlsplit
 
 from flask import current_app
@@ -104,6 +107,23 @@ class _SmtpPolicy(policy.Compat32):
 SMTP_POLICY = _SmtpPolicy(linesep="\r\n")
 
 
+class _Generator(BytesGenerator):
+    """The standard generator, but for how it makes sure a MIME boundary is not in the parts.
+
+    The standard one compiles a regular expression for each random boundary, to look for it
+    as a line of the parts (a message with a text and an HTML part has two boundaries, about
+    0.1 CPU ms a message). A boundary that occurs nowhere in the parts is found by a plain
+    search, and is all the more safe.
+    """
+
+    @classmethod
+    def _make_boundary(cls, text=None):
+        while True:
+            boundary = f"==============={secrets.token_hex(10)}=="
+            if text is None or f"--{boundary}".encode("ascii") not in text:
+                return boundary
+
+
 class OutgoingMessage(Message):
     """A Flask-Mail message written out with SMTP_POLICY."""
 
@@ -111,6 +131,12 @@ class OutgoingMessage(Message):
         message = super()._message()
         message.policy = SMTP_POLICY
         return message
+
+    def as_bytes(self) -> bytes:
+        # What email.message.Message.as_bytes does, with the generator above.
+        buffer = BytesIO()
+        _Generator(buffer, mangle_from_=False, policy=SMTP_POLICY).flatten(self._message())
+        return buffer.getvalue()
 
 
 def build_message(row) -> Message:

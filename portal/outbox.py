@@ -3,16 +3,16 @@
 A message is written in the same transaction as the change that caused it. The worker claims
 a batch with a lease (rows locked with SKIP LOCKED on PostgreSQL, so several workers on several
 hosts never claim the same row), asks the gate again right before each message, hands each
-to SMTP over one connection, and commits its outcome together with the next message's
-decision, before that message goes. Killed before the hand-off, a claimed message goes out
-when its lease ends; killed after the commit, it is never sent again. Only a crash between
-the SMTP server's acceptance and that commit can send a second copy of the one message in
-flight, with the same Message-ID.
+to SMTP over one connection, and commits its outcome before the next message goes. Killed
+before the hand-off, a claimed message goes out when its lease ends; killed after the commit,
+it is never sent again. Only a crash between the SMTP server's acceptance and that commit can
+send a second copy of the one message in flight, with the same Message-ID.
 """
 
 import logging
 import smtplib
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -96,12 +96,14 @@ def enqueue(
     campaign_id: int | None = None,
     policy: str | None = None,
     suppressed: bool | None = None,
+    flush: bool = True,
 ) -> OutboxMessage:
     """Queue a message in the current transaction, or raise MessageRejected if malformed.
 
     The gate is asked now; a refused message is kept with its reason, for staff to see.
     `policy` and `suppressed` are for a caller that read them for many messages at once
-    (see gate.decide).
+    (see gate.decide). So is `flush=False`: the row is written at the session's next flush,
+    together with the others queued before it, and has no id until then.
     """
     recipient = check_address(recipient, "recipient")
     sender = check_address(sender or current_app.config["MAIL_DEFAULT_SENDER"], "sender")
@@ -132,22 +134,30 @@ def enqueue(
     if not decision.allowed:
         row.status, row.reason = "refused", f"refused when queued: {decision.explanation}"
     db.session.add(row)
-    db.session.flush()
+    if flush:
+        db.session.flush()
     return row
+
+
+#: What the gate reads about a message's recipient at hand-off, afresh and in one query: the
+#: contact and their subscription to the message's list (left in the session, where the gate's
+#: lookup by primary key finds it); whether the address is on the suppression list is added
+#: for each message. Built once: only the values change from one message to the next.
+_RECIPIENT = (
+    sa.select(Contact, Subscription)
+    .outerjoin(Subscription, sa.and_(Subscription.contact_id == Contact.id,
+                                     Subscription.list_id == sa.bindparam("list_id")))
+    .where(Contact.id == sa.bindparam("contact_id"))
+    .execution_options(populate_existing=True)
+)
 
 
 def _decide_at_handoff(row, policy: str | None) -> gate.Decision:
     contact = subscription = suppressed = None
     if row.contact_id is not None:
-        # What the gate reads about the recipient, read afresh in one query: the contact, their
-        # subscription to the message's list (left in the session, where the gate's lookup by
-        # primary key finds it) and whether the address is on the suppression list.
         found = db.session.execute(
-            sa.select(Contact, Subscription, suppression.listed(row.recipient))
-            .outerjoin(Subscription, sa.and_(Subscription.contact_id == Contact.id,
-                                             Subscription.list_id == row.list_id))
-            .where(Contact.id == row.contact_id)
-            .execution_options(populate_existing=True)
+            _RECIPIENT.add_columns(suppression.listed(row.recipient)),
+            {"contact_id": row.contact_id, "list_id": row.list_id},
         ).first()
         if found is not None:
             contact, subscription, suppressed = found
@@ -237,14 +247,13 @@ class Tally:
 
 
 def _release(ids: list[int]) -> None:
-    """Give unsent claimed messages back to the queue."""
+    """Give unsent claimed messages back to the queue (in the current transaction)."""
     if ids:
         db.session.execute(
             sa.update(OutboxMessage)
             .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
             .values(status="queued", lease_until=None)
         )
-        db.session.commit()
 
 
 def _connection_lost(connection, error: Exception) -> bool:
@@ -259,20 +268,22 @@ def _connection_lost(connection, error: Exception) -> bool:
 
 
 #: A handed-over message's outcome, built once: the statement is the same for every message.
+#: Core statements on the table: the ORM's bulk UPDATE took more CPU than the database did, to
+#: keep no loaded object in step either (it ran with synchronize_session=False).
+_TABLE = OutboxMessage.__table__
 _SENT = (
-    sa.update(OutboxMessage)
-    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    sa.update(_TABLE)
+    # Written again after a failed statement (see deliver): a second time changes nothing.
+    .where(_TABLE.c.id == sa.bindparam("row_id"), _TABLE.c.status == "sending")
     .values(
-        status="sent", lease_until=None, reason=None, attempts=OutboxMessage.attempts + 1,
-        sent_at=sa.bindparam("handed_over_at", type_=OutboxMessage.__table__.c.sent_at.type),
+        status="sent", lease_until=None, reason=None, attempts=_TABLE.c.attempts + 1,
+        sent_at=sa.bindparam("handed_over_at", type_=_TABLE.c.sent_at.type),
     )
-    .execution_options(synchronize_session=False)
 )
 _REFUSED = (
-    sa.update(OutboxMessage)
-    .where(OutboxMessage.id == sa.bindparam("row_id"))
+    sa.update(_TABLE)
+    .where(_TABLE.c.id == sa.bindparam("row_id"))
     .values(status="refused", lease_until=None, reason=sa.bindparam("why", type_=sa.String()))
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -292,6 +303,8 @@ def _mark_sent(row, handed_over_at: datetime) -> None:
     if stored is None:
         db.session.execute(_SENT, {"row_id": row.id, "handed_over_at": handed_over_at})
         return
+    if stored.status != "sending":
+        return  # marked already
     stored.status, stored.sent_at, stored.lease_until, stored.reason = (
         "sent", handed_over_at, None, None
     )
@@ -326,24 +339,25 @@ def deliver(ids: list[int], tally: Tally) -> None:
     rows = {row.id: row for row in db.session.execute(columns.where(OutboxMessage.id.in_(ids)))}
     # The campaign policy once per batch; the recipient's own state is read for each message.
     policy = settings.values().get("campaign_policy")
-    handed_over = None  # (row, time) of the message SMTP accepted, not yet recorded
+    handed_over = None  # (row, time) of the message SMTP accepted, its "sent" not committed
     try:
         while remaining:
             row = rows[remaining[0]]
             if handed_over is not None:
-                # The previous message's "sent" is committed with this message's decision, so
-                # before this one goes to SMTP: one commit per message, at most one in doubt.
+                # The previous message's "sent" is committed before this one goes to SMTP (with
+                # this one's decision, or on its own in autocommit): one commit per message, at
+                # most one message in doubt.
                 _mark_sent(*handed_over)
-                handed_over = None
             decision = _decide_at_handoff(row, policy)
             if not decision.allowed:
                 _mark_refused(row, f"refused at hand-off: {decision.explanation}")
-                db.session.commit()
+            # End the transaction before talking to SMTP: on SQLite it holds the write lock.
+            db.session.commit()
+            handed_over = None
+            if not decision.allowed:
                 tally.add("refused")
                 remaining.pop(0)
                 continue
-            # End the transaction before talking to SMTP: on SQLite it holds the write lock.
-            db.session.commit()
             message = build_message(row)
             try:
                 connection.send(message)
@@ -367,15 +381,64 @@ def deliver(ids: list[int], tally: Tally) -> None:
             remaining.pop(0)
             handed_over = (row, utcnow())
             tally.add("sent")
-        if handed_over is not None:
-            _mark_sent(*handed_over)
-            db.session.commit()
+    except BaseException:
+        # A statement that failed (the connection to the database lost, say) leaves the
+        # transaction unusable, perhaps with the previous message's "sent" in it: roll it back,
+        # and write what the batch knows afresh below.
+        db.session.rollback()
+        raise
     finally:
-        _release(remaining)
         try:
-            connection.__exit__(None, None, None)
-        except (OSError, smtplib.SMTPException):
-            pass  # the messages' outcomes are committed; a failed QUIT changes nothing
+            # The last message's "sent", and the messages not handed over back to the queue.
+            if handed_over is not None:
+                _mark_sent(*handed_over)
+            _release(remaining)
+            if handed_over is not None or remaining:
+                db.session.commit()
+        finally:
+            try:
+                connection.__exit__(None, None, None)
+            except (OSError, smtplib.SMTPException):
+                pass  # the messages' outcomes are committed; a failed QUIT changes nothing
+
+
+@contextmanager
+def _one_connection():
+    """Run the session's transactions on one database connection, statement by statement on
+    PostgreSQL, until the block ends.
+
+    Otherwise each transaction of a worker that commits once a message takes a connection
+    from the engine's pool and gives it back, and the pool rolls it back on its return: a
+    round trip for every message, on top of the transaction's own. Held for a batch, the
+    connection is taken once. If it is lost mid-batch, a statement fails with an
+    OperationalError, which the worker survives (see work()). A transaction still open when the
+    block ends is rolled back: the outbox commits all it writes.
+
+    On PostgreSQL the connection is in autocommit mode: each statement is its own transaction,
+    without the round trips of BEGIN and COMMIT. It suits delivery, each of whose writes records
+    messages' outcomes that stand on their own, and whose reads need no transaction to see what
+    is committed; not the claim, whose row locks must last until its UPDATE. SQLite keeps its
+    transactions, whose BEGIN IMMEDIATE takes the write lock (portal/db.py).
+    """
+    session = db.session()
+    engine = session.get_bind()
+    if not isinstance(engine, sa.Engine):
+        yield  # the session is bound to one connection already (the tests' transaction)
+        return
+
+    def begin_on_it(session, transaction):
+        if transaction.parent is None:  # a savepoint is on its transaction's connection
+            session.connection(bind_arguments={"bind": connection})
+
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        sa.event.listen(session, "after_transaction_create", begin_on_it)
+        try:
+            yield
+        finally:
+            sa.event.remove(session, "after_transaction_create", begin_on_it)
+            session.rollback()
 
 
 def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
@@ -387,7 +450,8 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
         try:
             ids = claim(batch)
             if ids:
-                deliver(ids, tally)
+                with _one_connection():
+                    deliver(ids, tally)
                 continue
         except sa.exc.OperationalError as error:
             # SQLite busy past its timeout, or the database server restarting: a long-running

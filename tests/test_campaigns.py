@@ -282,6 +282,28 @@ def test_a_job_killed_mid_way_resumes_without_a_second_copy(app, newsletter, smt
     assert outbox_rows() == 5
 
 
+def test_a_chunk_of_recipients_is_queued_in_one_flush(app, audience, newsletter):
+    # One flush, not one a message: on PostgreSQL, one INSERT for the whole chunk.
+    campaign = draft(newsletter)
+    campaigns.send(campaign, author="test")
+    db.session.commit()
+    flushed = []
+
+    def count(session, _context):
+        queued = [row for row in session.new if isinstance(row, outbox.OutboxMessage)]
+        if queued:
+            flushed.append(len(queued))
+
+    sa.event.listen(db.session(), "after_flush", count)
+    try:
+        jobs.work(once=True)
+    finally:
+        sa.event.remove(db.session(), "after_flush", count)
+
+    assert flushed == [3]
+    assert outbox_rows() == 3
+
+
 def test_a_contact_who_opts_out_while_it_is_sending_receives_nothing_more(
     agent_client, audience, newsletter, smtp
 ):

@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from smtp_sink import free_port
 from sqlalchemy.orm import Session
 
 from portal import contacts
+from portal import mail
 from portal import outbox
 from portal.contacts import OptIn
 from portal.db import db
@@ -472,6 +474,151 @@ def test_a_worker_skips_rows_another_worker_has_locked(base_app, smtp):
         _delete_rows(base_app, ids)
 
 
+# --- The worker's database connection -------------------------------------------------------
+
+
+def _stop_when_idle(real, stop):
+    """Wrap a claim function: the first call that finds nothing ends the worker's loop."""
+
+    def claim(*args):
+        found = real(*args)
+        if not found:
+            stop.set()
+        return found
+
+    return claim
+
+
+def _contacts_committed(application, count: int) -> list[int]:
+    """Commit contacts without the ledger (append-only, it is never cleaned up); return ids."""
+    with application.app_context():
+        now = utcnow()
+        statement = sa.insert(contacts.Contact).returning(
+            contacts.Contact.id, sort_by_parameter_order=True
+        )
+        ids = list(db.session.scalars(statement, [
+            {"public_id": f"outbox-test-{n}", "email": f"c{n}@example.test", "kind": "lead",
+             "opt_in_status": "double", "link_version": 1, "version": 1, "created_at": now,
+             "updated_at": now}
+            for n in range(count)
+        ]))
+        db.session.commit()
+        return ids
+
+
+def test_a_batch_takes_one_database_connection_from_the_pool(base_app, smtp):
+    # The pool rolls back every connection given back to it: a connection taken for each
+    # message's commit would cost a round trip a message on PostgreSQL.
+    ids, message_ids = _queue_committed(base_app, 8)
+    checkouts = []
+
+    def count(*_args):
+        checkouts.append(1)
+
+    try:
+        with base_app.app_context():
+            sa.event.listen(db.engine.pool, "checkout", count)
+            try:
+                outbox.work(once=True)
+            finally:
+                sa.event.remove(db.engine.pool, "checkout", count)
+            statuses = db.session.scalars(
+                sa.select(OutboxMessage.status).where(OutboxMessage.id.in_(ids))
+            ).all()
+        assert len(checkouts) <= 3  # the claim, the batch, the claim that finds nothing
+        assert statuses == ["sent"] * len(ids)
+        arrived = [m.message["Message-ID"] for m in smtp.messages]
+        assert sorted(arrived) == sorted(message_ids)
+    finally:
+        _delete_rows(base_app, ids)
+
+
+def test_a_database_connection_lost_mid_batch_loses_no_message_and_sends_none_twice(
+    base_app, smtp, monkeypatch, caplog
+):
+    if not is_postgresql(base_app):
+        pytest.skip("a database server that ends the worker's connection: PostgreSQL")
+    ids, message_ids = _queue_committed(base_app, 4)
+    built = []
+    build_message = outbox.build_message
+
+    def build_then_lose_the_connection(row):
+        built.append(row.id)
+        if len(built) == 2:
+            # The server ends the worker's connection (restarted, say) while the second
+            # message goes to SMTP: the first one's "sent" is committed, the second's not yet.
+            pid = db.session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with db.engine.connect() as other:
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        return build_message(row)
+
+    monkeypatch.setattr(outbox, "build_message", build_then_lose_the_connection)
+    stop = threading.Event()
+    monkeypatch.setattr(outbox, "claim", _stop_when_idle(outbox.claim, stop))
+    try:
+        with base_app.app_context():
+            outbox.work(stop=stop, idle_seconds=0)
+            rows = db.session.execute(
+                sa.select(OutboxMessage.status, OutboxMessage.attempts)
+                .where(OutboxMessage.id.in_(ids))
+            ).all()
+        assert "database unavailable, retrying" in caplog.text
+        assert rows == [("sent", 1)] * len(ids)
+        arrived = [m.message["Message-ID"] for m in smtp.messages]
+        for message_id in message_ids:
+            assert arrived.count(message_id) == 1, message_id
+    finally:
+        _delete_rows(base_app, ids)
+
+
+def test_the_gate_reads_each_recipient_afresh_on_the_workers_connection(
+    base_app, smtp, monkeypatch
+):
+    contact_ids = _contacts_committed(base_app, 3)
+    with base_app.app_context():
+        rows = [
+            outbox.enqueue(category="notice", recipient=f"c{n}@example.test",
+                           contact=db.session.get(contacts.Contact, contact_id),
+                           subject="A notice", text_body="Hello")
+            for n, contact_id in enumerate(contact_ids)
+        ]
+        db.session.commit()
+        ids = [row.id for row in rows]
+    build_message = outbox.build_message
+
+    def build_then_opt_out(row):
+        if row.id == ids[0]:
+            # The third contact opts out while the first message goes.
+            with db.engine.begin() as other:
+                other.execute(
+                    sa.update(contacts.Contact).where(contacts.Contact.id == contact_ids[2])
+                    .values(opt_in_status=OptIn.OPTOUT_USER.value)
+                )
+        return build_message(row)
+
+    monkeypatch.setattr(outbox, "build_message", build_then_opt_out)
+    try:
+        with base_app.app_context():
+            outbox.work(once=True)
+            outcomes = db.session.execute(
+                sa.select(OutboxMessage.status, OutboxMessage.reason)
+                .where(OutboxMessage.id.in_(ids)).order_by(OutboxMessage.id)
+            ).all()
+        assert outcomes == [
+            ("sent", None),
+            ("sent", None),
+            ("refused", "refused at hand-off: the contact opted out of email"),
+        ]
+        assert sorted(m.rcpt_tos[0] for m in smtp.messages) == ["c0@example.test",
+                                                                "c1@example.test"]
+    finally:
+        _delete_rows(base_app, ids)
+        with base_app.app_context():
+            db.session.execute(sa.delete(contacts.Contact)
+                               .where(contacts.Contact.id.in_(contact_ids)))
+            db.session.commit()
+
+
 # --- The gate at hand-off -------------------------------------------------------------------
 
 
@@ -552,6 +699,22 @@ def test_the_refusal_names_what_is_wrong(app):
         queue(recipient="nobody")
     with pytest.raises(MessageRejected, match="newsletter"):
         queue(category="newsletter")
+
+
+def test_a_line_like_a_mime_boundary_stays_in_its_part(app, smtp, monkeypatch):
+    # The first boundary drawn is in the text: another is drawn, as the standard library does.
+    tokens = iter(["0" * 20, "1" * 20, "2" * 20])
+    monkeypatch.setattr(mail, "secrets", SimpleNamespace(token_hex=lambda _size: next(tokens)))
+    text = "Hello\n--===============00000000000000000000==\nstill the text"
+    row = queue(text_body=text)
+    db.session.commit()
+
+    outbox.work(once=True)
+
+    [copy] = received(smtp, row.message_id)
+    body = parts(copy.message)
+    assert body["text/plain"].replace("\r\n", "\n") == text  # written with CRLF, as SMTP has it
+    assert body["text/html"] == "<p>Hello in HTML</p>"
 
 
 def test_a_legitimate_list_unsubscribe_arrives_and_nothing_else_is_added(app, smtp):

@@ -154,6 +154,7 @@ def _process(params: dict, ids: list[int]) -> str | None:
                 campaign_id=campaign.id,
                 policy=in_force["campaign_policy"],
                 suppressed=contact.email in suppressed,
+                flush=False,
             )
         except (MessageRejected, jinja2.TemplateError) as error:
             # One contact's values must not stop the campaign; logged by id, never address.
@@ -164,6 +165,8 @@ def _process(params: dict, ids: list[int]) -> str | None:
                 type(error).__name__,
             )
             outcome = f"not queued for some: {error}"[:120]
+    # The chunk's messages in one flush (one INSERT on PostgreSQL), not a flush a message.
+    db.session.flush()
     return outcome
 
 
