@@ -140,11 +140,11 @@ def enqueue(
 
 
 #: What the gate reads about a message's recipient at hand-off, afresh and in one query: the
-#: contact and their subscription to the message's list (left in the session, where the gate's
-#: lookup by primary key finds it); whether the address is on the suppression list is added
-#: for each message. Built once: only the values change from one message to the next.
+#: contact, their subscription to the message's list (left in the session, where the gate's
+#: lookup by primary key finds it) and whether the address is on the suppression list. Built
+#: once: only the values change from one message to the next.
 _RECIPIENT = (
-    sa.select(Contact, Subscription)
+    sa.select(Contact, Subscription, suppression.LISTED)
     .outerjoin(Subscription, sa.and_(Subscription.contact_id == Contact.id,
                                      Subscription.list_id == sa.bindparam("list_id")))
     .where(Contact.id == sa.bindparam("contact_id"))
@@ -156,8 +156,9 @@ def _decide_at_handoff(row, policy: str | None) -> gate.Decision:
     contact = subscription = suppressed = None
     if row.contact_id is not None:
         found = db.session.execute(
-            _RECIPIENT.add_columns(suppression.listed(row.recipient)),
-            {"contact_id": row.contact_id, "list_id": row.list_id},
+            _RECIPIENT,
+            {"contact_id": row.contact_id, "list_id": row.list_id,
+             "suppression_digests": suppression.digests(row.recipient)},
         ).first()
         if found is not None:
             contact, subscription, suppressed = found

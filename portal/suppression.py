@@ -24,34 +24,30 @@ class Suppression(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _digests(address: str) -> list[str]:
+def digests(address: str) -> list[str]:
     """Return the address's digest under every configured key, so rotation loses nothing."""
     normalised = normalise_email(address).encode()
     keys = keyset("suppression")
     return [keyed_digest("suppression", key_id, normalised) for key_id in keys.keys]
 
 
-#: Built once: constructing a statement costs more than running it (every mail asks).
-_LISTED = (
-    sa.select(Suppression.id)
-    .where(Suppression.digest.in_(sa.bindparam("digests", expanding=True)))
-    .limit(1)
+#: An SQL expression saying whether an address is on the suppression list, for queries built
+#: once (constructing a statement costs more than running it, and every mail asks): run them
+#: with {"suppression_digests": digests(address)}.
+LISTED = sa.exists().where(
+    Suppression.digest.in_(sa.bindparam("suppression_digests", expanding=True))
 )
+_IS_LISTED = sa.select(LISTED)
 
 
 def is_suppressed(address: str) -> bool:
     """Say whether an address is on the suppression list."""
-    return db.session.scalar(_LISTED, {"digests": _digests(address)}) is not None
-
-
-def listed(address: str) -> sa.ColumnElement[bool]:
-    """Return an SQL expression saying whether an address is on the suppression list."""
-    return sa.exists().where(Suppression.digest.in_(_digests(address)))
+    return bool(db.session.scalar(_IS_LISTED, {"suppression_digests": digests(address)}))
 
 
 def suppressed_among(addresses: list[str]) -> set[str]:
     """Return those of the addresses that are on the suppression list, in one query."""
-    by_digest = {digest: address for address in addresses for digest in _digests(address)}
+    by_digest = {digest: address for address in addresses for digest in digests(address)}
     if not by_digest:
         return set()
     statement = sa.select(Suppression.digest).where(Suppression.digest.in_(list(by_digest)))
@@ -61,7 +57,7 @@ def suppressed_among(addresses: list[str]) -> set[str]:
 def suppress(address: str, reason: str) -> Suppression:
     """Add an address to the suppression list (once) and return its entry."""
     existing = db.session.scalar(
-        sa.select(Suppression).where(Suppression.digest.in_(_digests(address)))
+        sa.select(Suppression).where(Suppression.digest.in_(digests(address)))
     )
     if existing is not None:
         return existing
