@@ -4,6 +4,7 @@ import json
 import time
 from datetime import UTC
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from flask import has_request_context
 from flask import request
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import registry
 
@@ -67,7 +69,38 @@ class Base(DeclarativeBase):
     )
 
 
-db = SQLAlchemy(model_class=Base)
+#: Blueprints whose GET and HEAD views only read (R1: a contact's link pages); see Session.
+READ_ONLY_BLUEPRINTS: set[str] = set()
+
+
+@lru_cache(maxsize=8)
+def _autocommit(engine: sa.Engine) -> sa.Engine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+class Session(FlaskSession):
+    """Flask-SQLAlchemy's session; a read-only request on PostgreSQL reads in autocommit.
+
+    PostgreSQL's default isolation (READ COMMITTED) gives each statement its own snapshot, so
+    a transaction adds nothing to a request that only reads, but its BEGIN and the ROLLBACK
+    when the connection goes back to the pool: two round trips of a contact page's four.
+    SQLite keeps its transaction: there one BEGIN makes the page's reads one snapshot.
+    """
+
+    def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
+        found = super().get_bind(mapper=mapper, clause=clause, bind=bind, **kwargs)
+        if (
+            isinstance(found, sa.Engine)
+            and found.dialect.name == "postgresql"
+            and has_request_context()
+            and request.method in ("GET", "HEAD")
+            and request.blueprint in READ_ONLY_BLUEPRINTS
+        ):
+            return _autocommit(found)
+        return found
+
+
+db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
 migrate = Migrate()
 
 

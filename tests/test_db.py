@@ -1,6 +1,8 @@
-"""The embedded SQLite database under several processes (STYLE.md, known traps)."""
+"""The database: the embedded SQLite under several processes (STYLE.md, known traps), and how
+the portal uses PostgreSQL's connections."""
 
 import os
+import re
 import sqlite3
 
 import flask_migrate
@@ -11,6 +13,7 @@ from conftest import make_config
 
 from portal import contacts
 from portal import create_app
+from portal import lists
 from portal.db import db
 from portal.links import make_token
 
@@ -69,4 +72,48 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_once_idle(idle_secon
             assert _backend_pid(app) != pid
     finally:
         with app.app_context():
+            db.engine.dispose()
+
+
+def test_a_contact_page_get_on_postgresql_reads_without_a_transaction_and_a_post_keeps_one():
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"set {POSTGRES_URL_VARIABLE} to run the tests on PostgreSQL too")
+    app = create_app(make_config(url))
+    with app.app_context():
+        news = lists.create_list(f"autocommit-{os.getpid()}", "Autocommit news")
+        contact = contacts.add_contact(
+            f"autocommit-{os.getpid()}@example.com", method="cli", actor="t", first_name="Ida"
+        )
+        lists.set_subscription(contact, news, True, method="cli", actor="t")
+        db.session.commit()
+        path, slug, contact_id = f"/p/{make_token('manage', contact)}", news.slug, contact.id
+        autocommit = []
+
+        def note(connection, *_args):
+            autocommit.append(connection.connection.dbapi_connection.autocommit)
+
+        sa.event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        client = app.test_client()
+        page = client.get(path)
+        assert page.status_code == 200 and "Hello Ida." in page.text
+        assert autocommit and all(autocommit)
+
+        autocommit.clear()
+        form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+        assert client.post(path, data=form).status_code == 303  # the list's box left unticked
+        assert autocommit and not any(autocommit)
+        with app.app_context():
+            status = db.session.scalar(
+                sa.select(lists.Subscription.status).where(
+                    lists.Subscription.contact_id == contact_id
+                )
+            )
+        assert status == "unsubscribed"
+    finally:
+        with app.app_context():
+            db.session.execute(sa.delete(contacts.Contact).where(contacts.Contact.id == contact_id))
+            db.session.execute(sa.delete(lists.MailingList).where(lists.MailingList.slug == slug))
+            db.session.commit()
             db.engine.dispose()

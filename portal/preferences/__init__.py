@@ -29,6 +29,7 @@ from portal.choices import MARKETING
 from portal.choices import RESTRICTION
 from portal.choices import page_for
 from portal.contacts import OptIn
+from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
 from portal.ledger import Evidence
 from portal.links import TokenExpired
@@ -40,6 +41,8 @@ from portal.links import read_token
 
 log = logging.getLogger(__name__)
 bp = Blueprint("preferences", __name__)
+# Its GET views never write (R1): on PostgreSQL they read without a transaction.
+READ_ONLY_BLUEPRINTS.add(bp.name)
 
 OPT_IN_WORDS = {
     OptIn.NONE: _l("You have not told us whether you want marketing email."),
