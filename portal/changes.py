@@ -292,14 +292,10 @@ def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions
                  versions)
     withdrawn = [item for item in items if item.is_withdrawal]
     # A grant already waiting for confirmation is not asked for again (a default-selected
-    # consent would otherwise send a new confirmation with every save).
-    waiting = {
-        (data["kind"], data["ref"], data["value"])
-        for change in db.session.scalars(_WAITING, {"contact_id": contact.id})
-        for data in change.items
-    }
+    # consent would otherwise send a new confirmation with every save), unless its link has
+    # expired: then it is asked for anew. The page read which grants wait, in its one query.
     grants = [item for item in items if not item.is_withdrawal
-              and (item.kind, item.ref, item.value) not in waiting]
+              and (item.kind, item.ref) not in page.waiting]
     outcome = Outcome(withdrawn=withdrawn, pending=None, undo=None)
     if withdrawn:
         outcome.undo = withdraw(contact, page, withdrawn, language=language, evidence=evidence,

@@ -358,6 +358,33 @@ def test_a_request_whose_confirmation_link_expired_no_longer_shows_as_waiting(
     assert WAITING not in client.get(manage_path(world.ada)).text
 
 
+def test_a_request_is_sent_once_while_its_link_lives_and_anew_once_it_expired(
+    app, client, smtp, world
+):
+    ada = world.ada
+    path = manage_path(ada)
+    post_page(client, path, choose={"list:offers": "on"})
+    # Saving again with the same box ticked asks for nothing new.
+    post_page(client, path, choose={"list:offers": "on"})
+    deliver()
+    assert len(mail(smtp, ada, CONFIRM_SUBJECT)) == 1
+
+    confirm_hours = app.config["PORTAL_LINK_MAX_AGE"]["confirm"] / 3600
+    db.session.execute(
+        sa.update(PendingChange)
+        .where(PendingChange.contact_id == ada.id)
+        .values(created_at=utcnow() - timedelta(hours=confirm_hours + 1))
+    )
+    db.session.commit()
+    # Its link is dead now: the same request gets a new confirmation, with a live link.
+    post_page(client, path, choose={"list:offers": "on"})
+    deliver()
+    confirmations = mail(smtp, ada, CONFIRM_SUBJECT)
+    assert len(confirmations) == 2
+    assert "Your changes are confirmed" in press(client, link_in(confirmations[1], "c")).text
+    assert state(ada)["lists"]["offers"] == "subscribed"
+
+
 def test_a_withdrawal_cancels_a_pending_grant_of_the_same_item(client, smtp, world):
     ada = world.ada
     post_page(client, manage_path(ada), choose={"list:offers": "on", "consent:partners": "yes"})
