@@ -3,7 +3,9 @@
 import weakref
 from contextvars import ContextVar
 from datetime import UTC
+from datetime import date
 from datetime import datetime
+from functools import lru_cache
 
 from babel.dates import format_date
 from flask import current_app
@@ -135,9 +137,16 @@ def _dateformat(context, value, format: str = "medium") -> str:
 
     Dates are shown in UTC, the portal's BABEL_DEFAULT_TIMEZONE.
     """
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return format_date(value, format, locale=context.get("_locale") or get_locale() or "en")
+    if isinstance(value, datetime):
+        value = (value.astimezone(UTC) if value.tzinfo is not None else value).date()
+    return _formatted_date(value, format, context.get("_locale") or get_locale() or "en")
+
+
+@lru_cache(maxsize=4096)
+def _formatted_date(value: date, format: str, locale) -> str:
+    # The same few dates recur on every page (a consent given on launch day, say), and Babel
+    # reads its pattern and the month's name afresh each time.
+    return format_date(value, format, locale=locale)
 
 
 def init_app(app) -> None:
