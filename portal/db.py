@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import g
 from flask import has_request_context
 from flask import request
 from flask_migrate import Migrate
@@ -73,13 +74,27 @@ class Base(DeclarativeBase):
 READ_ONLY_BLUEPRINTS: set[str] = set()
 
 
+def reading_only_from_here() -> None:
+    """Say that the rest of this request only reads: a view that has committed its one change
+    and now shows the result. Its next transaction takes no write lock on SQLite (which would
+    make other writers wait while the page renders) and runs in autocommit on PostgreSQL."""
+    g.reading_only = True
+
+
+def _reading_only() -> bool:
+    return has_request_context() and (
+        request.method in ("GET", "HEAD") or g.get("reading_only", False)
+    )
+
+
 @lru_cache(maxsize=8)
 def _autocommit(engine: sa.Engine) -> sa.Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 class Session(FlaskSession):
-    """Flask-SQLAlchemy's session; a read-only request on PostgreSQL reads in autocommit.
+    """Flask-SQLAlchemy's session; what only reads on PostgreSQL reads in autocommit: a
+    contact's link page's GET, and what a view reads after reading_only_from_here().
 
     PostgreSQL's default isolation (READ COMMITTED) gives each statement its own snapshot, so
     a transaction adds nothing to a request that only reads, but its BEGIN and the ROLLBACK
@@ -93,8 +108,10 @@ class Session(FlaskSession):
             isinstance(found, sa.Engine)
             and found.dialect.name == "postgresql"
             and has_request_context()
-            and request.method in ("GET", "HEAD")
-            and request.blueprint in READ_ONLY_BLUEPRINTS
+            and (
+                (request.method in ("GET", "HEAD") and request.blueprint in READ_ONLY_BLUEPRINTS)
+                or g.get("reading_only", False)
+            )
         ):
             return _autocommit(found)
         return found
@@ -123,7 +140,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # A transaction that may write takes the write lock at its start, so two writers
         # queue instead of one failing with "database is locked" halfway through. A GET or
         # HEAD request never writes (R1), so it reads under WAL beside the writers.
-        if has_request_context() and request.method in ("GET", "HEAD"):
+        if _reading_only():
             connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")

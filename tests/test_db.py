@@ -117,3 +117,35 @@ def test_a_contact_page_get_on_postgresql_reads_without_a_transaction_and_a_post
             db.session.execute(sa.delete(lists.MailingList).where(lists.MailingList.slug == slug))
             db.session.commit()
             db.engine.dispose()
+
+
+def test_an_htmx_save_takes_the_write_lock_once_and_renders_the_form_without_it(tmp_path):
+    path = tmp_path / "save.sqlite3"
+    app = create_app(make_config(f"sqlite:///{path}"), instance_path=str(tmp_path))
+    with app.app_context():
+        flask_migrate.upgrade()
+        news = lists.create_list("news", "Newsletter")
+        contact = contacts.add_contact("writer@example.com", method="cli", actor="t")
+        lists.set_subscription(contact, news, True, method="cli", actor="t")
+        db.session.commit()
+        link = f"/p/{make_token('manage', contact)}"
+        begins = []
+
+        def note(_connection, _cursor, statement, *_args):
+            if statement.startswith("BEGIN"):
+                begins.append(statement)
+
+        sa.event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        client = app.test_client()
+        page = client.get(link)
+        form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+        begins.clear()
+        response = client.post(link, data=form, headers={"HX-Request": "true"})
+        assert response.status_code == 200 and "Newsletter" in response.text
+        # The change under the write lock; the updated form read after the commit beside
+        # other writers, as a page GET reads (holding the lock would make them wait).
+        assert begins == ["BEGIN IMMEDIATE", "BEGIN"]
+    finally:
+        with app.app_context():
+            db.engine.dispose()

@@ -31,6 +31,7 @@ from portal.choices import page_for
 from portal.contacts import OptIn
 from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
+from portal.db import reading_only_from_here
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
@@ -189,6 +190,7 @@ def save(token: str):
         return htmx.render("preferences/stale.html", "preferences/_stale.html", token=token,
                            page=stale.page, wanted=wanted, now=changes.summary(stale.page))
     db.session.commit()
+    reading_only_from_here()
     messages = []
     if outcome.withdrawn:
         messages.append(_("Your changes are saved. We sent you an email with a link to undo "
@@ -244,6 +246,7 @@ def confirm(token: str):
     if status == "unknown":
         raise BadLink(expired=False)
     db.session.commit()
+    reading_only_from_here()
     return render_template("preferences/confirmed.html", status=status,
                            manage_token=make_token("manage", contact))
 
@@ -269,6 +272,7 @@ def undo(token: str):
     if status == "unknown":
         raise BadLink(expired=False)
     db.session.commit()
+    reading_only_from_here()
     return render_template("preferences/undone.html", status=status,
                            manage_token=make_token("manage", contact))
 

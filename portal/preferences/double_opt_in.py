@@ -9,6 +9,7 @@ from flask import request
 from portal import csrf
 from portal import doi
 from portal.db import db
+from portal.db import reading_only_from_here
 from portal.links import check_form_token
 from portal.links import make_token
 from portal.preferences import BadLink
@@ -46,6 +47,7 @@ def doi_confirm(token: str):
     if status in ("unknown", "expired"):
         raise BadLink(expired=status == "expired")
     db.session.commit()
+    reading_only_from_here()
     return render_template(
         "preferences/doi_confirmed.html", status=status, manage_token=make_token("manage", contact)
     )
