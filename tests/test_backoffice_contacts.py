@@ -305,6 +305,12 @@ def test_an_id_with_a_nul_byte_is_unknown_too(agent_client, people):
         f"/staff/contacts/{ada.public_id}/reveal/card%00", data={"csrf_token": token}
     )
     assert response.status_code == 404
+    # Every page about one contact, not only the record.
+    for path in ("/staff/contacts/a%00b/stop-processing", "/staff/contacts/a%00b/erase",
+                 "/staff/erasure/a%00b/extend"):
+        assert agent_client.get(path).status_code in (403, 404), path
+    for path in ("/staff/contacts/a%00b/double-opt-in", "/staff/contacts/a%00b/out-of-band"):
+        assert agent_client.post(path, data={"csrf_token": token}).status_code == 404, path
 
 
 def test_the_record_shows_fields_masked_and_the_consents_block(agent_client, people):

@@ -2,11 +2,16 @@
 
 from functools import wraps
 
+import sqlalchemy as sa
 from flask import Blueprint
 from flask import abort
+from flask import make_response
 from flask import request
 from flask_login import current_user
 
+from portal.contact_filters import has_control_characters
+from portal.contacts import Contact
+from portal.db import db
 from portal.staff import login_manager
 
 bp = Blueprint("backoffice", __name__, url_prefix="/staff")
@@ -31,6 +36,33 @@ def staff_member():
 def never_cache(response):
     # Staff pages show personal data: no shared or browser cache may keep them.
     response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def staff_actor() -> str:
+    """Name the signed-in staff member as the actor of a change: by id, never by address."""
+    return f"staff:{current_user.id}"
+
+
+def contact_or_404(public_id: str) -> Contact:
+    """Return the contact a back-office URL names, or answer 404."""
+    # PostgreSQL refuses a NUL byte in a query parameter: such an id is simply unknown.
+    if len(public_id) > 32 or has_control_characters(public_id):
+        abort(404)
+    contact = db.session.scalar(sa.select(Contact).where(Contact.public_id == public_id))
+    if contact is None:
+        abort(404)
+    return contact
+
+
+def framed(html: str | None, policy: str):
+    """Answer with the HTML a back-office page shows in a frame, under its own sandboxing
+    Content-Security-Policy; 404 when there is none."""
+    if html is None:
+        abort(404)
+    response = make_response(html)
+    response.headers["Content-Security-Policy"] = policy
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
 

@@ -3,14 +3,12 @@
 import sqlalchemy as sa
 from flask import abort
 from flask import flash
-from flask import make_response
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import SelectField
 from wtforms import StringField
@@ -22,7 +20,9 @@ from portal import campaigns
 from portal import htmx
 from portal import settings
 from portal.backoffice import bp
+from portal.backoffice import framed
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.backoffice.mail import MAIL_FRAME_POLICY
 from portal.db import db
 from portal.lists import MailingList
@@ -58,7 +58,7 @@ def _save(form: CampaignForm, campaign: campaigns.Campaign | None):
     }
     try:
         if campaign is None:
-            return campaigns.create(**values, author=f"staff:{current_user.id}")
+            return campaigns.create(**values, author=staff_actor())
         return campaigns.update(campaign, **values)
     except campaigns.CampaignError as error:
         field = getattr(form, error.field or "subject")
@@ -161,13 +161,7 @@ def campaigns_preview_html(campaign_id: int):
     contact, _error = _preview_contact(campaign)
     if contact is None:
         abort(404)
-    html = campaigns.render(campaign, contact)[2]
-    if html is None:
-        abort(404)
-    response = make_response(html)
-    response.headers["Content-Security-Policy"] = MAIL_FRAME_POLICY
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return response
+    return framed(campaigns.render(campaign, contact)[2], MAIL_FRAME_POLICY)
 
 
 @bp.route("/campaigns/<int:campaign_id>/send", methods=["GET", "POST"])
@@ -182,7 +176,7 @@ def campaigns_send(campaign_id: int):
     error = None
     if form.validate_on_submit():
         try:
-            campaigns.send(campaign, author=f"staff:{current_user.id}")
+            campaigns.send(campaign, author=staff_actor())
         except campaigns.CampaignError as refused:
             db.session.rollback()
             error = str(refused)

@@ -1,15 +1,12 @@
 """Locks and erasure in the back office: stop and lift processing, the erasure requests with
 their deadlines, "Erase personal data" and "Delete record" (P7, P8, B5, B6)."""
 
-import sqlalchemy as sa
-from flask import abort
 from flask import flash
 from flask import redirect
 from flask import render_template
 from flask import url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -23,7 +20,9 @@ from portal import erasure
 from portal import htmx
 from portal import restriction
 from portal.backoffice import bp
+from portal.backoffice import contact_or_404
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.contacts import Contact
 from portal.contacts import RecordLocked
 from portal.db import db
@@ -54,18 +53,6 @@ class ExtensionForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """Only the CSRF token: the confirm page's button."""
-
-
-def _actor() -> str:
-    # Ledger rows hold ids only, never a staff member's address.
-    return f"staff:{current_user.id}"
-
-
-def _contact_or_404(public_id: str) -> Contact:
-    contact = db.session.scalar(sa.select(Contact).where(Contact.public_id == public_id))
-    if contact is None:
-        abort(404)
-    return contact
 
 
 def _back_to(contact: Contact):
@@ -99,11 +86,11 @@ def record_locked(error: RecordLocked):
 @role_required("admin", "agent")
 def stop_processing(public_id: str):
     """Stop the processing of a contact's data on their behalf, with a reason."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     form = ReasonForm()
     if form.validate_on_submit():
         try:
-            restriction.stop(contact, reason=form.reason.data, actor=_actor())
+            restriction.stop(contact, reason=form.reason.data, actor=staff_actor())
         except restriction.RestrictionError as error:
             form.reason.errors.append(str(error))
         else:
@@ -122,11 +109,11 @@ def stop_processing(public_id: str):
 @role_required("admin")
 def lift_restriction(public_id: str):
     """Lift a stopped processing with a reason, mailing the contact first."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     form = ReasonForm()
     if form.validate_on_submit():
         try:
-            restriction.lift(contact, reason=form.reason.data, actor=_actor())
+            restriction.lift(contact, reason=form.reason.data, actor=staff_actor())
         except restriction.RestrictionError as error:
             form.reason.errors.append(str(error))
         else:
@@ -156,7 +143,7 @@ def erasure_list():
 @role_required("admin")
 def erasure_extend(public_id: str):
     """Extend an erasure request's deadline, telling the contact why."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     request_ = erasure.request_of(contact)
     if request_ is None:
         flash(_("This contact has no open erasure request."))
@@ -165,7 +152,7 @@ def erasure_extend(public_id: str):
     if form.validate_on_submit():
         try:
             erasure.extend(
-                contact, months=int(form.months.data), reason=form.reason.data, actor=_actor()
+                contact, months=int(form.months.data), reason=form.reason.data, actor=staff_actor()
             )
         except erasure.ErasureError as error:
             form.reason.errors.append(str(error))
@@ -207,13 +194,13 @@ def _changed_meanwhile():
 @role_required("admin")
 def erase(public_id: str):
     """Ask for confirmation, then erase the contact's personal data."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     if contact.erased_at is not None:
         return _already_erased(contact)
     form = ConfirmForm()
     if form.validate_on_submit():
         try:
-            log = erasure.erase(contact, actor=_actor())
+            log = erasure.erase(contact, actor=staff_actor())
             db.session.commit()
         except RACES:
             return _changed_meanwhile()
@@ -240,11 +227,11 @@ def erase(public_id: str):
 @role_required("admin")
 def delete(public_id: str):
     """Ask for confirmation, then delete the whole record, leaving a tombstone."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     form = ConfirmForm()
     if form.validate_on_submit():
         try:
-            log = erasure.delete(contact, actor=_actor())
+            log = erasure.delete(contact, actor=staff_actor())
             db.session.commit()
         except RACES:
             return _changed_meanwhile()

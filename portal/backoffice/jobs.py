@@ -13,6 +13,7 @@ from portal import htmx
 from portal import jobs
 from portal.backoffice import bp
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.db import db
 from portal.reencryption import REENCRYPT
 
@@ -38,7 +39,7 @@ def jobs_start(kind: str):
     """Start a job; the worker picks it up."""
     if kind not in STARTABLE:
         abort(404)
-    job = jobs.start(kind, created_by=f"staff:{current_user.id}")
+    job = jobs.start(kind, created_by=staff_actor())
     db.session.commit()
     flash(_("The job is queued. This page shows its progress."))
     return redirect(url_for("backoffice.jobs_show", job_id=job.id), code=303)

@@ -4,7 +4,6 @@ import re
 
 from flask import abort
 from flask import current_app
-from flask import make_response
 from flask import render_template
 from flask import request
 from markupsafe import Markup
@@ -13,6 +12,7 @@ from markupsafe import escape
 from portal import mailbox
 from portal import outbox
 from portal.backoffice import bp
+from portal.backoffice import framed
 from portal.db import db
 
 URL = re.compile(r"https?://[^\s<>\"']+")
@@ -75,10 +75,4 @@ def mailbox_show(mail_id: int):
 def mailbox_html(mail_id: int):
     """Serve a caught message's HTML part, sandboxed, for the frame on its page."""
     _demo_only()
-    html = db.get_or_404(mailbox.CapturedMail, mail_id).part("html")
-    if html is None:
-        abort(404)
-    response = make_response(html)
-    response.headers["Content-Security-Policy"] = MAIL_FRAME_POLICY
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return response
+    return framed(db.get_or_404(mailbox.CapturedMail, mail_id).part("html"), MAIL_FRAME_POLICY)

@@ -11,13 +11,14 @@ from flask import render_template
 from flask import request
 from flask import url_for
 from flask_babel import gettext as _
-from flask_login import current_user
 
 from portal import doi
 from portal import jobs
 from portal import optin
 from portal.backoffice import bp
+from portal.backoffice import contact_or_404
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.db import db
@@ -39,17 +40,6 @@ def optin_helpers():
         "optin_notes_of": optin.notes_of,
         "optin_latest_request": doi.latest_request,
     }
-
-
-def _contact_or_404(public_id: str) -> Contact:
-    contact = db.session.scalar(sa.select(Contact).where(Contact.public_id == public_id))
-    if contact is None:
-        abort(404)
-    return contact
-
-
-def _actor() -> str:
-    return f"staff:{current_user.id}"
 
 
 def _evidence() -> Evidence:
@@ -74,14 +64,14 @@ def _refused(contact: Contact, error: Exception):
 @role_required(*STAFF)
 def optin_transition(public_id: str, event: str):
     """Apply one staff transition of the opt-in status, with its reason."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     if event not in STAFF_EVENT_PATHS:
         abort(404)
     try:
         after = optin.transition(
             contact,
             STAFF_EVENT_PATHS[event],
-            actor=_actor(),
+            actor=staff_actor(),
             method="staff",
             reason=request.form.get("reason", ""),
             evidence=_evidence(),
@@ -97,8 +87,8 @@ def optin_transition(public_id: str, event: str):
 @role_required(*STAFF)
 def optin_send_doi(public_id: str):
     """Send the double opt-in email to one contact."""
-    contact = _contact_or_404(public_id)
-    result = doi.send_request(contact, source="staff", actor=_actor())
+    contact = contact_or_404(public_id)
+    result = doi.send_request(contact, source="staff", actor=staff_actor())
     db.session.commit()
     flash(result.message)
     return _back_to(contact)
@@ -108,12 +98,12 @@ def optin_send_doi(public_id: str):
 @role_required(*STAFF)
 def optin_out_of_band(public_id: str):
     """Record an opt-in confirmed out of band, with its evidence (B8)."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     try:
         optin.record_out_of_band(
             contact,
             evidence_text=request.form.get("evidence", ""),
-            actor=_actor(),
+            actor=staff_actor(),
             evidence=_evidence(),
         )
     except (optin.TransitionRefused, ContactError) as error:
@@ -146,7 +136,7 @@ def doi_start():
     mailing_list = db.session.get(MailingList, int(chosen)) if chosen.isdigit() else None
     if mailing_list is None:
         return _render_lists(error=_("Choose one of the lists."))
-    job = doi.start_list_job(mailing_list, actor=_actor())
+    job = doi.start_list_job(mailing_list, actor=staff_actor())
     db.session.commit()
     flash(
         _(

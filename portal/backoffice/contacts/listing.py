@@ -19,6 +19,7 @@ from portal import htmx
 from portal import jobs
 from portal.backoffice import bp
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.contacts import OptIn
 from portal.db import db
 from portal.optin import STATUS_WORDS
@@ -142,7 +143,7 @@ def contacts_export():
     filters, errors = contact_filters.parse_query_string(request.form.get("query", ""))
     if errors:
         return _render_list(filters, errors)
-    job = export.start(filters, created_by=f"staff:{current_user.id}")
+    job = export.start(filters, created_by=staff_actor())
     db.session.commit()
     flash(
         _(

@@ -1,6 +1,5 @@
 """One contact's record: its fields, Consents block, subscriptions and mail; edits and reveals."""
 
-import sqlalchemy as sa
 from flask import abort
 from flask import current_app
 from flask import flash
@@ -15,7 +14,9 @@ from portal import contact_records
 from portal import ledger
 from portal import lists
 from portal.backoffice import bp
+from portal.backoffice import contact_or_404
 from portal.backoffice import role_required
+from portal.backoffice import staff_actor
 from portal.backoffice.contacts.listing import STAFF
 from portal.contact_filters import has_control_characters
 from portal.contacts import Contact
@@ -23,20 +24,6 @@ from portal.contacts import ContactError
 from portal.contacts import field_definition
 from portal.db import db
 from portal.optin import STATUS_WORDS
-
-
-def _contact_or_404(public_id: str) -> Contact:
-    # PostgreSQL refuses a NUL byte in a query parameter: such an id is simply unknown.
-    if len(public_id) > 32 or has_control_characters(public_id):
-        abort(404)
-    contact = db.session.scalar(sa.select(Contact).where(Contact.public_id == public_id))
-    if contact is None:
-        abort(404)
-    return contact
-
-
-def _actor() -> str:
-    return f"staff:{current_user.id}"
 
 
 def _render_show(contact: Contact, *, revealed=None, field_errors=None, status=200):
@@ -60,14 +47,14 @@ def _render_show(contact: Contact, *, revealed=None, field_errors=None, status=2
 @role_required(*STAFF)
 def contact_show(public_id: str):
     """Show one contact's record."""
-    return _render_show(_contact_or_404(public_id))
+    return _render_show(contact_or_404(public_id))
 
 
 @bp.post("/contacts/<public_id>/reveal/<field_name>")
 @role_required(*STAFF)
 def contact_reveal(public_id: str, field_name: str):
     """Reveal one sensitive value once, recording the reveal in the ledger."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     definition = None if has_control_characters(field_name) else field_definition(field_name)
     if definition is None:
         abort(404)
@@ -101,7 +88,7 @@ def _render_edit(contact: Contact, *, values=None, errors=None, email_value=None
 @role_required(*STAFF)
 def contact_edit(public_id: str):
     """Show the form that edits a contact's fields and address."""
-    return _render_edit(_contact_or_404(public_id))
+    return _render_edit(contact_or_404(public_id))
 
 
 def _version(value: str | None) -> int:
@@ -112,7 +99,7 @@ def _version(value: str | None) -> int:
 @role_required(*STAFF)
 def contact_update(public_id: str):
     """Save the edited fields of a contact."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     values = request.form.to_dict()
     try:
         errors = contact_records.update_fields(
@@ -120,7 +107,7 @@ def contact_update(public_id: str):
             values,
             version=_version(values.get("version")),
             languages=current_app.config["PORTAL_LANGUAGES"],
-            actor=_actor(),
+            actor=staff_actor(),
         )
     except contact_records.StaleRecord:
         return _render_edit(contact, stale=True)
@@ -138,10 +125,10 @@ def contact_update(public_id: str):
 @role_required(*STAFF)
 def contact_change_email(public_id: str):
     """Give a contact a new email address."""
-    contact = _contact_or_404(public_id)
+    contact = contact_or_404(public_id)
     address = request.form.get("email", "")
     try:
-        contact_records.change_email(contact, address, actor=_actor())
+        contact_records.change_email(contact, address, actor=staff_actor())
     except ContactError as error:
         db.session.rollback()
         return _render_edit(contact, errors={"email": str(error)}, email_value=address[:254])

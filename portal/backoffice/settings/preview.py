@@ -7,9 +7,7 @@ It is served with a sandbox that allows no script and no form, and carries no wo
 the page's token is a placeholder, so nothing can be submitted as the contact.
 """
 
-from flask import abort
 from flask import g
-from flask import make_response
 from flask import render_template
 from flask import request
 from flask_babel import gettext as _
@@ -17,6 +15,7 @@ from flask_babel import refresh
 
 from portal import catalogue
 from portal.backoffice import bp
+from portal.backoffice import framed
 from portal.backoffice import role_required
 from portal.backoffice.settings.forms import PreviewForm
 from portal.choices import page_for
@@ -92,13 +91,7 @@ def settings_preview():
 def settings_preview_page():
     """Render the contact's page itself, for the preview's frame."""
     form = _form()
-    html = _shown(form, _render_manage) if form.validate() else None
-    if html is None:
-        abort(404)
-    response = make_response(html)
-    response.headers["Content-Security-Policy"] = FRAME_POLICY
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return response
+    return framed(_shown(form, _render_manage) if form.validate() else None, FRAME_POLICY)
 
 
 def _render_manage(contact, page, _described) -> str:
