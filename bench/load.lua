@@ -23,36 +23,10 @@
 -- request (monotonic clock, from the request being written to the response being parsed) and
 -- written with the counts by done() to BENCH_RESULT_FILE, for the Python driver to summarise.
 
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clk_id, bench_timespec *tp);
-]]
-local CLOCK_MONOTONIC = 1
-local clock = ffi.new("bench_timespec")
-
-local function now_us()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, clock)
-  return tonumber(clock.tv_sec) * 1000000 + tonumber(clock.tv_nsec) / 1000
-end
-
--- Main thread: number the threads and keep them, to collect their results in done().
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("thread_id", #threads)
-end
-
--- Worker threads. Only flat tables can be read back by done() (wrk copies nested ones badly).
-latencies = {} -- microseconds of each request that counted
-counts = {}    -- outcome -> number of responses
+-- The clock, setup(), count() and done(): bench/common.lua, beside this script.
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 
 local mode, started, expecting
-
-local function count(outcome)
-  counts[outcome] = (counts[outcome] or 0) + 1
-end
 
 local function read_lines(path)
   local lines = {}
@@ -235,22 +209,4 @@ function response(status, headers, body)
   end
   step_index = step_index + 1
   if step_index > #steps then next_contact() end
-end
-
-function done(summary, latency, requests)
-  local out = assert(io.open(os.getenv("BENCH_RESULT_FILE"), "w"))
-  out:write(string.format("duration_us %d\n", summary.duration))
-  out:write(string.format("wrk_requests %d\n", summary.requests))
-  for _, name in ipairs({ "connect", "read", "write", "status", "timeout" }) do
-    out:write(string.format("socket_%s %d\n", name, summary.errors[name]))
-  end
-  for _, thread in ipairs(threads) do
-    for outcome, n in pairs(thread:get("counts")) do
-      out:write(string.format("count %s %d\n", outcome, n))
-    end
-    for _, value in ipairs(thread:get("latencies")) do
-      out:write(string.format("latency %.1f\n", value))
-    end
-  end
-  out:close()
 end

@@ -11,35 +11,12 @@
 --                 expected.
 --
 -- Latencies are timed per request and written with the counts by done() to
--- BENCH_RESULT_FILE, in the format bench/load.lua writes.
+-- BENCH_RESULT_FILE (bench/common.lua).
 
-local ffi = require("ffi")
-ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clk_id, bench_timespec *tp);
-]]
-local clock = ffi.new("bench_timespec")
-
-local function now_us()
-  ffi.C.clock_gettime(1, clock)
-  return tonumber(clock.tv_sec) * 1000000 + tonumber(clock.tv_nsec) / 1000
-end
-
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("thread_id", #threads)
-end
-
-latencies = {}
-counts = {}
+-- The clock, setup(), count() and done(): bench/common.lua, beside this script.
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "common.lua")
 
 local mode, started, tokens, index, exhausted
-
-local function count(outcome)
-  counts[outcome] = (counts[outcome] or 0) + 1
-end
 
 local BOUNDARY = "bench-one-click"
 local URLENCODED = "List-Unsubscribe=One-Click"
@@ -106,22 +83,4 @@ function response(status, headers, body)
     count("out-of-contacts")
     wrk.thread:stop()
   end
-end
-
-function done(summary, latency, requests)
-  local out = assert(io.open(os.getenv("BENCH_RESULT_FILE"), "w"))
-  out:write(string.format("duration_us %d\n", summary.duration))
-  out:write(string.format("wrk_requests %d\n", summary.requests))
-  for _, name in ipairs({ "connect", "read", "write", "status", "timeout" }) do
-    out:write(string.format("socket_%s %d\n", name, summary.errors[name]))
-  end
-  for _, thread in ipairs(threads) do
-    for outcome, n in pairs(thread:get("counts")) do
-      out:write(string.format("count %s %d\n", outcome, n))
-    end
-    for _, value in ipairs(thread:get("latencies")) do
-      out:write(string.format("latency %.1f\n", value))
-    end
-  end
-  out:close()
 end

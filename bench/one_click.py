@@ -106,24 +106,7 @@ def main() -> int:
         description="Benchmark the one-click unsubscribe POST against a Flask hello-world."
     )
     parser.add_argument("--load", nargs="+", metavar=("DATA_DIR", "POOL"), help=argparse.SUPPRESS)
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per phase")
-    parser.add_argument("--rounds", type=int, default=5, help="turns the two phases take")
-    parser.add_argument("--warmup", type=int, default=3, help="each warm-up, not counted")
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-class", default="sync")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--max-post-rate",
-        type=float,
-        default=1000.0,
-        help="POSTs per second to provision fresh tokens for",
-    )
-    parser.add_argument(
-        "--postgresql-server", default="postgresql+psycopg://postgres@127.0.0.1:5432"
-    )
-    parser.add_argument("--postgresql-database", default="bench_one_click")
+    setup.add_server_options(parser, max_post_rate=1000.0, database="bench_one_click")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.load:

@@ -398,10 +398,8 @@ def _report(phases: list[Phase]) -> bool:
     return met
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description="Benchmark the preference page against a Flask hello-world under gunicorn."
-    )
+def add_server_options(parser: argparse.ArgumentParser, *, max_post_rate: float, database: str):
+    """Add the options every gunicorn-and-wrk benchmark takes (this one and one_click.py)."""
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
         "--seconds",
@@ -429,13 +427,20 @@ def main() -> int:
     parser.add_argument(
         "--max-post-rate",
         type=float,
-        default=300.0,
-        help="POSTs per second to provision the warm-ups' contacts for",
+        default=max_post_rate,
+        help="POSTs per second to provision fresh contacts or tokens for",
     )
     parser.add_argument(
         "--postgresql-server", default="postgresql+psycopg://postgres@127.0.0.1:5432"
     )
-    parser.add_argument("--postgresql-database", default="bench_portal")
+    parser.add_argument("--postgresql-database", default=database)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the preference page against a Flask hello-world under gunicorn."
+    )
+    add_server_options(parser, max_post_rate=300.0, database="bench_portal")
     parser.add_argument(
         "--profile",
         action="store_true",
