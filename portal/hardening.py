@@ -1,6 +1,7 @@
 """Web hardening for every page: security headers, trusted hosts, proxies, rate limits, and
 friendly error pages in the page's language."""
 
+import hashlib
 from urllib.parse import urlsplit
 
 from flask import render_template
@@ -27,6 +28,21 @@ def quietly_allowed(limit: str, *identifiers: str) -> bool:
     if not limiter.enabled:
         return True
     return limiter.limiter.hit(parse(limit), "quiet", *identifiers)
+
+
+def quietly_allowed_for(
+    scope: str, address: str, client_ip: str | None, *, per_ip: str, per_address: str
+) -> bool:
+    """Count an attempt about a (normalised) address against its per-IP and per-address
+    limits, quietly; say whether it is within both.
+
+    Both limits are counted on every attempt, so neither tells anything apart; the address is
+    kept in the counts' storage only as a hash.
+    """
+    digest = hashlib.sha256(address.encode()).hexdigest()
+    within_ip = quietly_allowed(per_ip, f"{scope}-ip", client_ip or "")
+    within_address = quietly_allowed(per_address, f"{scope}-address", digest)
+    return within_ip and within_address
 
 # No inline script or style anywhere: htmx is told not to inject its indicator styles.
 CONTENT_SECURITY_POLICY = (

@@ -7,7 +7,6 @@ opt-in is confirmed (`apply_confirmed`). Whatever happens, the visitor reads the
 known, unknown, suppressed, rate-limited or caught by the honeypot (SECURITY.md 12).
 """
 
-import hashlib
 import secrets
 from datetime import datetime
 
@@ -25,7 +24,7 @@ from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.db import db
 from portal.db import utcnow
-from portal.hardening import quietly_allowed
+from portal.hardening import quietly_allowed_for
 from portal.ledger import Evidence
 from portal.links import public_url
 
@@ -110,11 +109,10 @@ def sign_up(
     address, an erased or locked contact, a limit reached) ends quietly.
     """
     normalised = contacts.normalise_email(address)
-    digest = hashlib.sha256(normalised.encode()).hexdigest()
-    # Both limits are counted on every attempt, so neither tells anything apart.
-    within_ip = quietly_allowed(PER_IP, "signup-ip", client_ip or "")
-    within_address = quietly_allowed(PER_ADDRESS, "signup-address", digest)
-    if not (within_ip and within_address) or suppression.is_suppressed(normalised):
+    allowed = quietly_allowed_for(
+        "signup", normalised, client_ip, per_ip=PER_IP, per_address=PER_ADDRESS
+    )
+    if not allowed or suppression.is_suppressed(normalised):
         return
     contact = contacts.find_by_email(normalised)
     if contact is None:

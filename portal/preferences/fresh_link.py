@@ -4,7 +4,6 @@ The answer is the same whether the address is known, unknown, suppressed or rate
 the form reveals nothing about who is on file (SECURITY.md 12).
 """
 
-import hashlib
 
 from flask import redirect
 from flask import render_template
@@ -23,7 +22,7 @@ from portal import outbox
 from portal import suppression
 from portal.db import db
 from portal.gate import Category
-from portal.hardening import quietly_allowed
+from portal.hardening import quietly_allowed_for
 from portal.links import manage_url
 from portal.preferences import bp
 
@@ -47,11 +46,10 @@ def send_fresh_link(address: str, client_ip: str) -> None:
         normalised = contacts.normalise_email(address)
     except contacts.InvalidEmail:
         return
-    digest = hashlib.sha256(normalised.encode()).hexdigest()
-    # Both limits are counted on every attempt, so neither tells anything apart.
-    within_ip = quietly_allowed(PER_IP, "fresh-link-ip", client_ip or "")
-    within_address = quietly_allowed(PER_ADDRESS, "fresh-link-address", digest)
-    if not (within_ip and within_address) or suppression.is_suppressed(normalised):
+    allowed = quietly_allowed_for(
+        "fresh-link", normalised, client_ip, per_ip=PER_IP, per_address=PER_ADDRESS
+    )
+    if not allowed or suppression.is_suppressed(normalised):
         return
     contact = contacts.find_by_email(normalised)
     if contact is None or contact.erased_at is not None:
