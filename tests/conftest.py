@@ -7,6 +7,7 @@ needs a DELETE.
 """
 
 import os
+from pathlib import Path
 
 import flask_migrate
 import pytest
@@ -21,6 +22,7 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from portal import create_app
+from portal import demo
 from portal.db import db
 from portal.hardening import limiter
 from portal.keys import PURPOSES
@@ -49,6 +51,20 @@ def make_config(database_uri: str, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def demo_app(folder: Path, **overrides):
+    """Return the demo application on its own SQLite file and instance folder, migrated and
+    loaded (a live server's thread would not see an in-memory database)."""
+    application = create_app(
+        make_config(f"sqlite:///{folder / 'portal.sqlite3'}", PORTAL_DEMO=True, **overrides),
+        instance_path=str(folder / "instance"),
+    )
+    with application.app_context():
+        flask_migrate.upgrade()
+        demo.load()
+        db.session.commit()
+    return application
 
 
 def _database_urls(tmp_path_factory) -> dict:

@@ -8,16 +8,13 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import flask_migrate
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from chromium import skip_module_without_chromium
-from conftest import make_config
+from conftest import demo_app
 from werkzeug.serving import make_server
 
 from portal import contacts
-from portal import create_app
-from portal import demo
 from portal.db import db
 from portal.links import make_token
 
@@ -34,15 +31,7 @@ skip_module_without_chromium()
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory):
     """The demo application on its own SQLite file and instance folder."""
-    folder = tmp_path_factory.mktemp("browser")
-    application = create_app(
-        make_config(f"sqlite:///{folder / 'portal.sqlite3'}", PORTAL_DEMO=True),
-        instance_path=str(folder / "instance"),
-    )
-    with application.app_context():
-        flask_migrate.upgrade()
-        demo.load()
-        db.session.commit()
+    application = demo_app(tmp_path_factory.mktemp("browser"))
     yield application
     with application.app_context():
         db.engine.dispose()

@@ -9,17 +9,14 @@ the portal's real Content-Security-Policy.
 
 import re
 
-import flask_migrate
 import pytest
 import sqlalchemy as sa
 from chromium import skip_module_without_chromium
-from conftest import make_config
+from conftest import demo_app
 from playwright.sync_api import expect
 from test_browser import server_url  # noqa: F401 (the live server, for this module's app)
 
 from portal import contacts
-from portal import create_app
-from portal import demo
 from portal import ledger
 from portal import staff
 from portal.db import db
@@ -42,14 +39,8 @@ TO_ERASE = "contact08@demo.example"
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory):
     """The demo application on its own SQLite file, with an admin for the test."""
-    folder = tmp_path_factory.mktemp("browser-backoffice")
-    application = create_app(
-        make_config(f"sqlite:///{folder / 'portal.sqlite3'}", PORTAL_DEMO=True),
-        instance_path=str(folder / "instance"),
-    )
+    application = demo_app(tmp_path_factory.mktemp("browser-backoffice"))
     with application.app_context():
-        flask_migrate.upgrade()
-        demo.load()
         staff.create_staff(ADMIN, PASSWORD, "admin")
         db.session.commit()
     yield application

@@ -12,12 +12,11 @@ from dataclasses import field
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
-import flask_migrate
 import pytest
 import sqlalchemy as sa
 from axe_playwright_python.sync_playwright import Axe
 from chromium import skip_module_without_chromium
-from conftest import make_config
+from conftest import demo_app
 from playwright.sync_api import Page
 from playwright.sync_api import expect
 from smtp_sink import free_port
@@ -25,8 +24,6 @@ from werkzeug.serving import make_server
 
 from portal import changes
 from portal import contacts
-from portal import create_app
-from portal import demo
 from portal import lists
 from portal import outbox
 from portal.choices import LIST
@@ -48,26 +45,18 @@ skip_module_without_chromium()
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory, smtp_server):
     """The demo application on its own SQLite file, mailing the test SMTP server."""
-    folder = tmp_path_factory.mktemp("browser-preferences")
     # The server's address must be known before the app, so that emailed links point at it.
     base_url = f"http://127.0.0.1:{free_port()}"
-    application = create_app(
-        make_config(
-            f"sqlite:///{folder / 'portal.sqlite3'}",
-            PORTAL_DEMO=True,
-            PORTAL_BASE_URL=base_url,
-            MAIL_SERVER="127.0.0.1",
-            MAIL_PORT=smtp_server.port,
-            # The demo sets MAIL_PORT to its mailbox's port, whatever MAIL_PORT says: so the test
-            # server stands in for the demo mailbox.
-            PORTAL_DEMO_SMTP_PORT=smtp_server.port,
-        ),
-        instance_path=str(folder / "instance"),
+    application = demo_app(
+        tmp_path_factory.mktemp("browser-preferences"),
+        PORTAL_BASE_URL=base_url,
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=smtp_server.port,
+        # The demo sets MAIL_PORT to its mailbox's port, whatever MAIL_PORT says: so the test
+        # server stands in for the demo mailbox.
+        PORTAL_DEMO_SMTP_PORT=smtp_server.port,
     )
     with application.app_context():
-        flask_migrate.upgrade()
-        demo.load()
-        db.session.commit()
         # The demo queues a few notices of its own: send them now, before any test listens.
         outbox.work(once=True)
     yield application
