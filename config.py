@@ -68,6 +68,9 @@ class Config:
         "export": 48 * 3600,
         # The double opt-in link: long enough for someone back from a week away.
         "doi": 7 * 24 * 3600,
+        # Engagement tracking in a campaign (the open pixel, the click redirect): past this,
+        # a click still leads on to its address but nothing is recorded any more.
+        "track": 365 * 24 * 3600,
     }
     # Double opt-in hygiene (B9): reminders per request (0: none), hours before one is sent,
     # and days after which an unconfirmed web-form sign-up is pruned.

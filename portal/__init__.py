@@ -42,10 +42,12 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from portal import backoffice
     from portal import preferences
     from portal import signup
+    from portal import tracking
 
     app.register_blueprint(preferences.bp)
     app.register_blueprint(backoffice.bp)
     app.register_blueprint(signup.bp)
+    app.register_blueprint(tracking.bp)
 
     from portal import cli
 

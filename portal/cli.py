@@ -22,6 +22,7 @@ from portal import keys
 from portal import ledger
 from portal import links
 from portal import staff
+from portal import tracking
 from portal import workers
 from portal.db import db
 
@@ -170,10 +171,12 @@ consent_cli = AppGroup("consent", help="Scheduled consent housekeeping.")
 
 @consent_cli.command("purge")
 def purge_command():
-    """Destroy sensitive values whose storage consent was withdrawn past the undo window."""
+    """Destroy sensitive values whose storage consent, and recorded engagement whose tracking
+    consent, was withdrawn longer ago than the undo window."""
     destroyed = consent.purge_withdrawn_values(undo_window())
+    deleted = tracking.purge_withdrawn(undo_window())
     db.session.commit()
-    click.echo(f"destroyed {destroyed} value(s)")
+    click.echo(f"destroyed {destroyed} value(s); deleted {deleted} engagement event(s)")
 
 
 def undo_window() -> timedelta:

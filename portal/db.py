@@ -72,6 +72,9 @@ class Base(DeclarativeBase):
 
 #: Blueprints whose GET and HEAD views only read (R1: a contact's link pages); see Session.
 READ_ONLY_BLUEPRINTS: set[str] = set()
+#: Blueprints whose GET views write: only the tracking pixel and redirect (R1), which append
+#: engagement events. On SQLite their transactions take the write lock at the start.
+GET_WRITING_BLUEPRINTS: set[str] = set()
 
 
 def reading_only_from_here() -> None:
@@ -136,8 +139,13 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     def on_begin(connection):
         # A transaction that may write takes the write lock at its start, so two writers
         # queue instead of one failing with "database is locked" halfway through. A GET or
-        # HEAD request never writes (R1), so it reads under WAL beside the writers.
-        if has_request_context() and request.method in ("GET", "HEAD"):
+        # HEAD request never writes (R1), but for tracking's, so it reads under WAL beside the
+        # writers.
+        if (
+            has_request_context()
+            and request.method in ("GET", "HEAD")
+            and request.blueprint not in GET_WRITING_BLUEPRINTS
+        ):
             connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -29,7 +29,7 @@ MIN_KEY_BYTES = 32
 
 #: The kinds of contact link signed with the "link" key set, each with its own salt and
 #: maximum age (PORTAL_LINK_MAX_AGE).
-LINK_PURPOSES = ("manage", "confirm", "undo", "export", "doi")
+LINK_PURPOSES = ("manage", "confirm", "undo", "export", "doi", "track")
 
 
 class ConfigError(RuntimeError):

@@ -54,25 +54,44 @@ def make_token(purpose: str, contact: Contact, **extra: str | int) -> str:
     return f"{keys.active_id}.{_serializer(purpose, keys.active_key).dumps(payload)}"
 
 
-def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
-    """Return the contact a token names and its payload, or raise TokenInvalid/TokenExpired."""
+def read_signed(purpose: str, token: str) -> tuple[dict, float]:
+    """Return a token's payload and its age in seconds, checking its signature only.
+
+    Raise TokenInvalid for a malformed or tampered token, an unknown key or a payload that
+    names no contact. Whether the age is acceptable, and whether the contact still exists and
+    the link version matches, is the caller's to check (read_token does both).
+    """
     key_id, _, signed = (token or "").partition(".")
     try:
         key = keyset("link").key(key_id)
         payload, signed_at = _serializer(purpose, key).loads(signed, return_timestamp=True)
     except (UnknownKey, BadData):
         raise TokenInvalid("the link is not valid") from None
-    # The age is checked here rather than by itsdangerous so that a small clock skew between
-    # nodes is tolerated instead of rejecting a token signed "in the future".
-    age = time.time() - signed_at.timestamp()
-    if age > current_app.config["PORTAL_LINK_MAX_AGE"][purpose]:
-        raise TokenExpired("the link has expired")
-    if age < -CLOCK_SKEW_SECONDS:
-        raise TokenInvalid("the link was signed in the future")
     if not isinstance(payload, dict) or not isinstance(payload.get("c"), str):
         raise TokenInvalid("the link is not valid")
+    age = time.time() - signed_at.timestamp()
+    if age < -CLOCK_SKEW_SECONDS:
+        raise TokenInvalid("the link was signed in the future")
+    return payload, age
+
+
+def contact_of(payload: dict) -> Contact | None:
+    """Return the contact a signed payload names, unless erased or its links were revoked."""
     contact = db.session.scalar(_CONTACT_BY_PUBLIC_ID, {"public_id": payload["c"]})
     if contact is None or contact.erased_at is not None or payload.get("v") != contact.link_version:
+        return None
+    return contact
+
+
+def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
+    """Return the contact a token names and its payload, or raise TokenInvalid/TokenExpired."""
+    payload, age = read_signed(purpose, token)
+    # The age is checked here rather than by itsdangerous so that a small clock skew between
+    # nodes is tolerated instead of rejecting a token signed "in the future".
+    if age > current_app.config["PORTAL_LINK_MAX_AGE"][purpose]:
+        raise TokenExpired("the link has expired")
+    contact = contact_of(payload)
+    if contact is None:
         raise TokenInvalid("the link was revoked")
     return contact, payload
 

@@ -20,6 +20,7 @@ from portal import doi
 from portal import jobs
 from portal import mailbox
 from portal import outbox
+from portal import tracking
 from portal.db import db
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def housekeeping(*, stop: threading.Event, every_seconds: float = 60.0) -> None:
     while not stop.is_set():
         try:
             consent.purge_withdrawn_values(window)
+            tracking.purge_withdrawn(window)
             queue_due_jobs()
             db.session.commit()
         except sa.exc.OperationalError as error:

@@ -12,6 +12,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from portal import footer
 from portal import settings
+from portal import tracking
 from portal import unsubscribe
 from portal.contacts import Contact
 from portal.contacts import field_value
@@ -129,15 +130,19 @@ def _context(campaign, contact: Contact, names: frozenset[str]) -> dict:
 
 
 def render(
-    campaign, contact: Contact, footer_source: str | None = None
+    campaign, contact: Contact, footer_source: str | None = None, *, track: bool = False
 ) -> tuple[str, str, str | None]:
     """Return the subject, text and HTML a contact would receive, footer included.
 
-    `footer_source` is the footer setting, if the caller read the settings already.
+    `footer_source` is the footer setting, if the caller read the settings already. `track`
+    (for a contact who granted tracking, when the message is queued) sends the HTML part's web
+    links through the click redirect and adds the open pixel (P6); a preview never does.
     """
     text_template, html_template, names = _templates(campaign)
     context = _context(campaign, contact, names)
     text = text_template.render(context)
     html = settings.sanitize_html(html_template.render(context)) if html_template else None
+    if html is not None and track:
+        html = tracking.instrument(html, contact, campaign.id)
     text, html = footer.add_footer(text, html, contact, footer_source)
     return campaign.subject, text, html

@@ -19,6 +19,7 @@ from portal import jobs
 from portal import outbox
 from portal import settings
 from portal import suppression
+from portal import tracking
 from portal import unsubscribe
 from portal.campaigns import Campaign
 from portal.campaigns import CampaignError
@@ -137,11 +138,14 @@ def _process(params: dict, ids: list[int]) -> str | None:
     # What the gate and the footer read, once for the chunk and in its transaction.
     in_force = settings.values()
     suppressed = suppression.suppressed_among([contact.email for contact in recipients])
+    tracked = tracking.consenting(recipients)
     for contact in recipients:
         if contact.id in already:
             continue
         try:
-            subject, text, html = render(campaign, contact, in_force["footer_html"])
+            subject, text, html = render(
+                campaign, contact, in_force["footer_html"], track=contact.id in tracked
+            )
             outbox.enqueue(
                 category=gate.Category.CAMPAIGN,
                 recipient=contact.email,

@@ -20,6 +20,7 @@ from portal import optin
 from portal import outbox
 from portal import restriction
 from portal import suppression
+from portal import tracking
 from portal import webforms
 from portal.changes import PendingChange
 from portal.changes import Undo
@@ -117,6 +118,7 @@ def _forget(contact: Contact, address: str, masked: str, receipt_id: int) -> lis
     waiting = _delete_rows(webforms.SignupRequest, contact) + _delete_rows(doi.DoiRequest, contact)
     erased += _counted("requests", waiting)
     erased += _counted("exports", _delete_rows(export.ExportLine, contact))
+    erased += _counted("engagement", _delete_rows(tracking.EngagementEvent, contact))
     notes = _delete_rows(restriction.RestrictionNote, contact)
     notes += _delete_rows(ErasureExtension, contact)
     # An out-of-band opt-in keeps its digest (the ledger names it) but not the text itself.

@@ -25,6 +25,7 @@ ERASED = {
     "inbound": _l("Records of messages received from the contact"),
     "requests": _l("Sign-ups and double opt-in requests waiting for confirmation"),
     "exports": _l("The contact's lines in earlier CSV exports"),
+    "engagement": _l("Recorded opens and clicks of campaign mail"),
     "staff_notes": _l("Reasons staff wrote about this contact"),
     "record": _l("The whole contact record"),
 }
