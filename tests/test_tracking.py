@@ -233,3 +233,20 @@ def test_erasure_deletes_the_recorded_engagement_and_says_so(client, sent, smtp)
     db.session.commit()
     assert events(ada) == []
     assert {"item": "engagement", "detail": "1"} in log.erased
+
+
+def test_staff_see_engagement_on_the_record_and_the_campaign(agent_client, client, sent, smtp):
+    ada, bob = sent["ada"], sent["bob"]
+    found = tracking_links(html_to(smtp, ada))
+    client.get(found["pixels"][0])
+    client.get(found["clicks"][0])
+    record = agent_client.get(f"/staff/contacts/{ada.public_id}")
+    assert "this contact granted tracking" in record.text
+    assert "Opens: 1, clicks: 1." in record.text and f"clicked {SHOP}".replace("&", "&amp;") in (
+        record.text
+    )
+    other = agent_client.get(f"/staff/contacts/{bob.public_id}")
+    assert "this contact has not granted tracking" in other.text and "Opens:" not in other.text
+    page = agent_client.get(f"/staff/campaigns/{sent['campaign'].id}")
+    assert re.search(r"Opened, among contacts who allow tracking: <strong>1</strong>", page.text)
+    assert re.search(r"Clicked, among contacts who allow tracking: <strong>1</strong>", page.text)

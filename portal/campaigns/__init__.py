@@ -125,12 +125,14 @@ def ensure_demo_draft(list_slug: str, *, author: str) -> Campaign | None:
         subject=f"{mailing_list.name}: what is new this month",
         text_body=(
             "Hello {{ first_name or 'there' }},\n\n"
-            "Here is what happened this month. Thank you for reading.\n\n"
+            "Here is what happened this month. Thank you for reading.\n"
+            "Read more: https://www.example.com/news\n\n"
             "Leave this list: {{ unsubscribe_url }}\n"
         ),
         html_body=(
             "<p>Hello {{ first_name or 'there' }},</p>"
             "<p>Here is what happened <strong>this month</strong>. Thank you for reading.</p>"
+            '<p><a href="https://www.example.com/news">Read more on our site</a></p>'
             '<p><a href="{{ unsubscribe_url }}">Leave this list</a></p>'
         ),
         list_id=mailing_list.id,

@@ -186,13 +186,15 @@ SEND = jobs.register(
 
 
 def counts(campaign: Campaign) -> dict:
-    """Return the campaign's messages by outcome: queued, sent, failed, skipped by reason."""
+    """Return the campaign's messages by outcome: queued, sent, failed, skipped by reason; and
+    how many recipients opened it and clicked in it, of those who allow tracking (P6)."""
     statement = (
         sa.select(outbox.OutboxMessage.status, outbox.OutboxMessage.reason, sa.func.count())
         .where(outbox.OutboxMessage.campaign_id == campaign.id)
         .group_by(outbox.OutboxMessage.status, outbox.OutboxMessage.reason)
     )
-    result = {"queued": 0, "sent": 0, "failed": 0, "skipped": 0, "reasons": {}}
+    result = {"queued": 0, "sent": 0, "failed": 0, "skipped": 0, "reasons": {},
+              **tracking.campaign_counts(campaign.id)}
     for status, reason, number in db.session.execute(statement):
         if status in ("queued", "sending"):
             result["queued"] += number

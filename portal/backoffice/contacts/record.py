@@ -13,6 +13,7 @@ from flask_login import current_user
 from portal import contact_records
 from portal import ledger
 from portal import lists
+from portal import tracking
 from portal.backoffice import bp
 from portal.backoffice import contact_or_404
 from portal.backoffice import role_required
@@ -35,6 +36,7 @@ def _render_show(contact: Contact, *, revealed=None, field_errors=None, status=2
         consents=contact_records.consent_rows(contact, events),
         subscriptions=lists.subscriptions_of(contact),
         messages=contact_records.messages_to(contact),
+        engagement=tracking.summary(contact),
         events=events,
         revealed=revealed or {},
         field_errors=field_errors or {},
