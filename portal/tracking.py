@@ -1,10 +1,11 @@
 """Engagement tracking (P6): the open pixel and the click redirect of campaign mail.
 
-Engagement is recorded only for a contact who has granted a tracking consent, and only while
-they have: every hit asks again, so revoking the consent on the page stops it at once, and so
-do stopping processing and asking for erasure. A campaign's HTML part is instrumented (its
-links through the redirect, the pixel at its end) only for contacts who had granted it when
-their message was queued; nobody else's mail carries a tracking link at all.
+Engagement is recorded only for a contact who has granted a tracking consent and withdrawn
+none (asked for in parts, withdrawing any part stops all of it), and only while that holds:
+every hit asks again, so withdrawing the consent on the page stops it at once, and so do
+stopping processing and asking for erasure. A campaign's HTML part is instrumented (its links
+through the redirect, the pixel at its end) only for contacts who allowed it when their message
+was queued; nobody else's mail carries a tracking link at all.
 
 These are the only GETs that write (R1), and they only append engagement events: no ledger
 event, no change of state. A HEAD writes nothing. A click always leads on to the address it
@@ -80,20 +81,28 @@ class EngagementEvent(db.Model):
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _granted() -> sa.Select:
-    """Contacts with a granted tracking consent that is still offered."""
-    return (
+def _decided(state: str, *, offered_only: bool = True) -> sa.Select:
+    """Contacts whose decision on a tracking consent (one still offered) is `state`."""
+    statement = (
         sa.select(ConsentState.contact_id)
         .join(ConsentDefinition, ConsentDefinition.id == ConsentState.consent_id)
-        .where(
-            ConsentDefinition.kind == "tracking",
-            ConsentDefinition.retired_at.is_(None),
-            ConsentState.state == "granted",
-        )
+        .where(ConsentDefinition.kind == "tracking", ConsentState.state == state)
     )
+    return statement.where(ConsentDefinition.retired_at.is_(None)) if offered_only else statement
 
 
-_GRANTED_ONE = _granted().where(ConsentState.contact_id == sa.bindparam("contact_id")).limit(1)
+def _allowed() -> sa.Select:
+    """Contacts who granted a tracking consent and withdrew none: where a business asks for
+    tracking in parts, withdrawing any part stops all of it."""
+    return _decided("granted").except_(_decided("revoked"))
+
+
+_ALLOWED_ONE = sa.select(
+    sa.literal(True)
+).where(
+    sa.exists(_decided("granted").where(ConsentState.contact_id == sa.bindparam("contact_id"))),
+    ~sa.exists(_decided("revoked").where(ConsentState.contact_id == sa.bindparam("contact_id"))),
+)
 
 
 def may_track(contact: Contact) -> bool:
@@ -104,7 +113,7 @@ def may_track(contact: Contact) -> bool:
         or contact.processing_stopped_at is not None
     ):
         return False
-    return db.session.scalar(_GRANTED_ONE, {"contact_id": contact.id}) is not None
+    return db.session.scalar(_ALLOWED_ONE, {"contact_id": contact.id}) is not None
 
 
 def consenting(contacts: list[Contact]) -> set[int]:
@@ -117,7 +126,10 @@ def consenting(contacts: list[Contact]) -> set[int]:
     ]
     if not candidates:
         return set()
-    return set(db.session.scalars(_granted().where(ConsentState.contact_id.in_(candidates))))
+    allowed = _allowed().subquery()
+    return set(db.session.scalars(
+        sa.select(allowed.c.contact_id).where(allowed.c.contact_id.in_(candidates))
+    ))
 
 
 # nh3 writes every attribute value in double quotes, with & < > " escaped.
@@ -207,20 +219,12 @@ def clicked(token: str):
 
 def purge_withdrawn(undo_window: timedelta, now: datetime | None = None) -> int:
     """Delete the recorded engagement of contacts who withdrew tracking longer ago than the
-    undo window and have not granted it again; return how many events went."""
+    undo window and are not tracked now; return how many events went."""
     cutoff = (now or utcnow()) - undo_window
-    withdrawn = (
-        sa.select(ConsentState.contact_id)
-        .join(ConsentDefinition, ConsentDefinition.id == ConsentState.consent_id)
-        .where(
-            ConsentDefinition.kind == "tracking",
-            ConsentState.state == "revoked",
-            ConsentState.changed_at <= cutoff,
-        )
-    )
+    withdrawn = _decided("revoked", offered_only=False).where(ConsentState.changed_at <= cutoff)
     statement = sa.delete(EngagementEvent).where(
         EngagementEvent.contact_id.in_(withdrawn),
-        EngagementEvent.contact_id.not_in(_granted()),
+        EngagementEvent.contact_id.not_in(_allowed()),
     )
     return db.session.execute(statement).rowcount
 

@@ -250,3 +250,24 @@ def test_staff_see_engagement_on_the_record_and_the_campaign(agent_client, clien
     page = agent_client.get(f"/staff/campaigns/{sent['campaign'].id}")
     assert re.search(r"Opened, among contacts who allow tracking: <strong>1</strong>", page.text)
     assert re.search(r"Clicked, among contacts who allow tracking: <strong>1</strong>", page.text)
+
+
+def test_where_tracking_is_asked_for_in_parts_withdrawing_one_stops_all_of_it(
+    client, sent, smtp
+):
+    ada = sent["ada"]
+    clicks = consent.define("click-tracking", "tracking", "Click tracking",
+                            "We may record which links you follow.")
+    consent.decide(ada, clicks.current_version, True, method="test", actor="test")
+    db.session.commit()
+    assert tracking.may_track(ada) and tracking.consenting([ada]) == {ada.id}
+    consent.decide(ada, clicks.current_version, False, method="test", actor="test")
+    db.session.commit()
+    assert not tracking.may_track(ada) and tracking.consenting([ada]) == set()
+    found = tracking_links(html_to(smtp, ada))
+    assert client.get(found["clicks"][0]).headers["Location"] == SHOP
+    assert events(ada) == []
+    # A consent no longer offered (retired) neither allows nor stops it.
+    clicks.retired_at = utcnow()
+    db.session.commit()
+    assert tracking.may_track(ada)
