@@ -271,3 +271,14 @@ def test_where_tracking_is_asked_for_in_parts_withdrawing_one_stops_all_of_it(
     clicks.retired_at = utcnow()
     db.session.commit()
     assert tracking.may_track(ada)
+
+
+def test_hits_past_the_quiet_limit_are_answered_alike_but_not_recorded(
+    client, sent, smtp, monkeypatch
+):
+    monkeypatch.setattr(tracking, "PER_CONTACT", "2/hour")  # 120 an hour in production
+    found = tracking_links(html_to(smtp, sent["ada"]))
+    answers = [client.get(found["clicks"][0]) for _ in range(3)]
+    assert [a.status_code for a in answers] == [302, 302, 302]
+    assert {a.headers["Location"] for a in answers} == {SHOP}
+    assert events(sent["ada"]) == [("click", SHOP), ("click", SHOP)]
