@@ -32,7 +32,6 @@ from portal.choices import LIST
 from portal.choices import MARKETING
 from portal.choices import RESTRICTION
 from portal.choices import Page
-from portal.choices import catalogue
 from portal.choices import page_for
 from portal.contacts import Contact
 from portal.db import db
@@ -160,10 +159,9 @@ def _apply(contact: Contact, page: Page, item: Item, *, method: str, evidence_re
     common = {"method": method, "actor": "contact", "evidence_ref": evidence_ref,
               "evidence": evidence}
     if item.kind == LIST:
-        # The page's catalogue knows the lists (an id and a slug are all a subscription
-        # needs); one created since the catalogue was read is looked up.
-        mailing_list = next((known for known in catalogue().lists if known.slug == item.ref),
-                            None) or db.session.scalar(
+        # The page knows the lists it offers (an id and a slug are all a subscription needs);
+        # another (one created or made private since, say) is looked up.
+        mailing_list = page.mailing_list(item.ref) or db.session.scalar(
             sa.select(lists.MailingList).where(lists.MailingList.slug == item.ref)
         )
         if mailing_list is not None:

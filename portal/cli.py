@@ -5,14 +5,12 @@ Each command owns its transaction, and turns a domain error into one line and a 
 
 import json
 import sys
-from datetime import timedelta
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import IntegrityError
 
-from portal import consent
 from portal import contacts
 from portal import demo
 from portal import doi_cli
@@ -22,7 +20,6 @@ from portal import keys
 from portal import ledger
 from portal import links
 from portal import staff
-from portal import tracking
 from portal import workers
 from portal.db import db
 
@@ -173,14 +170,9 @@ consent_cli = AppGroup("consent", help="Scheduled consent housekeeping.")
 def purge_command():
     """Destroy sensitive values whose storage consent, and recorded engagement whose tracking
     consent, was withdrawn longer ago than the undo window."""
-    destroyed = consent.purge_withdrawn_values(undo_window())
-    deleted = tracking.purge_withdrawn(undo_window())
+    destroyed, deleted = workers.purge_withdrawn()
     db.session.commit()
     click.echo(f"destroyed {destroyed} value(s); deleted {deleted} engagement event(s)")
-
-
-def undo_window() -> timedelta:
-    return timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
 
 
 staff_cli = AppGroup("staff", help="Manage back-office accounts.")

@@ -1,7 +1,9 @@
 """The database: the Flask-SQLAlchemy extension, the model base and the column types we share."""
 
 import json
+import logging
 import time
+from contextlib import contextmanager
 from datetime import UTC
 from datetime import datetime
 from functools import lru_cache
@@ -16,6 +18,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import registry
+
+log = logging.getLogger(__name__)
 
 # Stable constraint names, so that migrations read the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -119,6 +123,23 @@ class Session(FlaskSession):
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": Session})
 migrate = Migrate()
+
+
+@contextmanager
+def outage_tolerated(worker: str, *, once: bool = False):
+    """Let a long-running worker's round survive the database being unavailable.
+
+    SQLite busy past its timeout, or the database server restarting: the round's transaction is
+    rolled back, and the worker waits and tries again (what it had leased returns when the
+    lease ends). A single pass (`once`) reports it instead.
+    """
+    try:
+        yield
+    except sa.exc.OperationalError as error:
+        db.session.rollback()
+        if once:
+            raise
+        log.warning("%s: database unavailable, retrying: %s", worker, error.orig)
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

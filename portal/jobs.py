@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from portal.db import db
+from portal.db import outage_tolerated
 from portal.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -167,18 +168,12 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> int:
     count = 0
     stop = stop or threading.Event()  # never set: run until the process ends
     while not stop.is_set():
-        try:
+        with outage_tolerated("job worker", once=once):
             job = claim()
             if job is not None:
                 run(job, stop=stop)
                 count += 1
                 continue
-        except sa.exc.OperationalError as error:
-            # As the outbox worker: wait and try again; the job's lease brings it back.
-            db.session.rollback()
-            if once:
-                raise
-            log.warning("job worker: database unavailable, retrying: %s", error.orig)
         if once:
             break
         stop.wait(idle_seconds)

@@ -28,6 +28,7 @@ from portal import settings
 from portal import suppression
 from portal.contacts import Contact
 from portal.db import db
+from portal.db import outage_tolerated
 from portal.db import utcnow
 from portal.lists import Subscription
 from portal.mail import MessageRejected
@@ -448,20 +449,12 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     batch = current_app.config["PORTAL_OUTBOX_BATCH"]
     stop = stop or threading.Event()  # never set: run until the process ends
     while not stop.is_set():
-        try:
+        with outage_tolerated("outbox worker", once=once):
             ids = claim(batch)
             if ids:
                 with _one_connection():
                     deliver(ids, tally)
                 continue
-        except sa.exc.OperationalError as error:
-            # SQLite busy past its timeout, or the database server restarting: a long-running
-            # worker waits and tries again (leased rows return when their lease ends); a
-            # single pass (`once`) reports it.
-            db.session.rollback()
-            if once:
-                raise
-            log.warning("outbox worker: database unavailable, retrying: %s", error.orig)
         if once:
             break
         stop.wait(idle_seconds)

@@ -19,7 +19,6 @@ import html
 import re
 from datetime import datetime
 from datetime import timedelta
-from hashlib import sha256
 
 import sqlalchemy as sa
 from flask import Blueprint
@@ -105,25 +104,25 @@ _ALLOWED_ONE = sa.select(
 )
 
 
-def may_track(contact: Contact) -> bool:
-    """Say whether engagement of this contact may be recorded now."""
-    if (
+def _locked(contact: Contact) -> bool:
+    """Stopped processing, an erasure asked for or done: nothing is recorded, consent or not."""
+    return (
         contact.erased_at is not None
         or contact.erasure_requested_at is not None
         or contact.processing_stopped_at is not None
-    ):
+    )
+
+
+def may_track(contact: Contact) -> bool:
+    """Say whether engagement of this contact may be recorded now."""
+    if _locked(contact):
         return False
     return db.session.scalar(_ALLOWED_ONE, {"contact_id": contact.id}) is not None
 
 
 def consenting(contacts: list[Contact]) -> set[int]:
     """Return the ids of those contacts whose engagement may be recorded, in one query."""
-    candidates = [
-        contact.id
-        for contact in contacts
-        if contact.erasure_requested_at is None and contact.processing_stopped_at is None
-        and contact.erased_at is None
-    ]
+    candidates = [contact.id for contact in contacts if not _locked(contact)]
     if not candidates:
         return set()
     allowed = _allowed().subquery()
@@ -161,17 +160,18 @@ def instrument(html_body: str, contact: Contact, campaign_id: int) -> str:
     return _HREF.sub(through_redirect, html_body) + pixel
 
 
-def _record(kind: str, payload: dict, age: float, url: str | None = None) -> bool:
-    """Append an engagement event if the token is recent and the contact allows it now."""
-    if request.method != "GET" or age > current_app.config["PORTAL_LINK_MAX_AGE"][PURPOSE]:
+def record(
+    kind: str, payload: dict, age: float, *, client_ip: str | None, url: str | None = None
+) -> bool:
+    """Append an engagement event for a signed token's hit, if the token is recent enough, the
+    contact allows it now and the quiet limits hold; say whether one was added."""
+    if age > current_app.config["PORTAL_LINK_MAX_AGE"][PURPOSE]:
         return False
     contact = contact_of(payload)
     if contact is None or not may_track(contact):
         return False
-    digest = sha256(payload["c"].encode()).hexdigest()
-    if not (
-        hardening.quietly_allowed(PER_CONTACT, "track-contact", digest)
-        and hardening.quietly_allowed(PER_IP, "track-ip", request.remote_addr or "")
+    if not hardening.quietly_allowed_for(
+        "track", payload["c"], client_ip, per_ip=PER_IP, per_address=PER_CONTACT
     ):
         return False
     campaign_id = payload.get("m") if isinstance(payload.get("m"), int) else None
@@ -197,7 +197,12 @@ def opened(token: str):
     except TokenInvalid:
         pass
     else:
-        if "u" not in payload and _record("open", payload, age):
+        # A HEAD (a scanner) records nothing; nor does a click token used as the image.
+        if (
+            request.method == "GET"
+            and "u" not in payload
+            and record("open", payload, age, client_ip=request.remote_addr)
+        ):
             db.session.commit()
     return _no_store(current_app.response_class(PIXEL, mimetype="image/gif"))
 
@@ -212,7 +217,9 @@ def clicked(token: str):
     url = payload.get("u")
     if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
         abort(404)
-    if _record("click", payload, age, url):
+    if request.method == "GET" and record(
+        "click", payload, age, client_ip=request.remote_addr, url=url
+    ):
         db.session.commit()
     return _no_store(redirect(url, code=302))
 

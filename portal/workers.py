@@ -5,7 +5,6 @@ PostgreSQL; one outbox worker with SQLite). `flask serve` runs the development s
 workers (and, in the demo, the mailbox) in-process: started once, in the reloader's child.
 """
 
-import logging
 import os
 import threading
 from datetime import timedelta
@@ -22,8 +21,7 @@ from portal import mailbox
 from portal import outbox
 from portal import tracking
 from portal.db import db
-
-log = logging.getLogger(__name__)
+from portal.db import outage_tolerated
 
 outbox_cli = AppGroup("outbox", help="Deliver queued mail.")
 jobs_cli = AppGroup("jobs", help="Start, run and watch background jobs.")
@@ -122,18 +120,21 @@ def queue_due_jobs() -> list[jobs.Job]:
     return queued
 
 
+def purge_withdrawn() -> tuple[int, int]:
+    """Destroy what withdrawn consents no longer allow once the undo window has closed: the
+    sensitive values of a storage consent, the recorded engagement of tracking. Return how
+    many of each went (`flask consent purge`, and the housekeeping every minute)."""
+    window = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
+    return consent.purge_withdrawn_values(window), tracking.purge_withdrawn(window)
+
+
 def housekeeping(*, stop: threading.Event, every_seconds: float = 60.0) -> None:
     """Run the scheduled housekeeping until stopped (in production: cron runs the commands)."""
-    window = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["undo"])
     while not stop.is_set():
-        try:
-            consent.purge_withdrawn_values(window)
-            tracking.purge_withdrawn(window)
+        with outage_tolerated("housekeeping"):
+            purge_withdrawn()
             queue_due_jobs()
             db.session.commit()
-        except sa.exc.OperationalError as error:
-            db.session.rollback()
-            log.warning("housekeeping: database unavailable, retrying: %s", error.orig)
         stop.wait(every_seconds)
 
 

@@ -4,7 +4,6 @@ The answer is the same whether the address is known, unknown, suppressed or rate
 the form reveals nothing about who is on file (SECURITY.md 12).
 """
 
-
 from flask import redirect
 from flask import render_template
 from flask import request
