@@ -140,6 +140,87 @@ def test_the_landing_page_button_leaves_the_list(app, reader):
     assert status(contact, offers) == "subscribed"
 
 
+def _leave_page_checks(page, list_name: str) -> str:
+    """Check a leave page shows one button for that list and nothing else; return its action."""
+    assert page.status_code == 200
+    assert f"Unsubscribe from {list_name}?" in page.text
+    assert "/p/" not in page.text  # no way into the whole page
+    assert "reader@example.com" not in page.text
+    [action] = re.findall(r'<form method="post" action="(/o/[^"]+)"', page.text)
+    return action
+
+
+def test_the_headers_link_opened_in_a_browser_only_offers_to_leave_that_list(
+    app, reader, client
+):
+    contact, news, offers = reader
+    path = path_of(unsubscribe.one_click_url(contact, news))
+    before = len(ledger.history(contact.public_id))
+    assert client.head(path).status_code == 200
+    page = client.get(path)
+    action = _leave_page_checks(page, "News")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert status(contact, news) == "subscribed"
+    assert len(ledger.history(contact.public_id)) == before
+    left = client.post(action, data=ONE_CLICK)
+    assert left.status_code == 200
+    assert "You are unsubscribed" in left.text
+    assert status(contact, news) == "unsubscribed"
+    assert status(contact, offers) == "subscribed"
+    again = client.get(path)
+    assert "You are not on News" in again.text
+    assert "<form" not in again.text
+
+
+def test_a_body_link_whose_links_were_revoked_no_longer_opens_the_page(app, reader, client):
+    """R2: a link-version bump kills every page link, the body's unsubscribe link included."""
+    contact, news, _offers = reader
+    path = path_of(unsubscribe.visible_url(contact, news))
+    assert client.get(path).status_code == 303
+    contact.link_version += 1
+    db.session.commit()
+    action = _leave_page_checks(client.get(path), "News")
+    # Leaving still works: unsubscribing must keep working for years (M7).
+    assert client.post(action, data=ONE_CLICK).status_code == 200
+    assert status(contact, news) == "unsubscribed"
+
+
+def test_a_body_link_older_than_a_page_link_only_offers_to_leave(
+    app, reader, client, monkeypatch
+):
+    contact, news, _offers = reader
+    path = path_of(unsubscribe.visible_url(contact, news))
+    max_age = app.config["PORTAL_LINK_MAX_AGE"]["manage"]
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + max_age - 60)
+    assert client.get(path).status_code == 303
+    monkeypatch.setattr(time, "time", lambda: real_time() + max_age + 60)
+    _leave_page_checks(client.get(path), "News")
+    assert status(contact, news) == "subscribed"
+
+
+def test_a_body_link_of_an_erased_contact_is_a_bad_link(app, reader, client):
+    contact, news, _offers = reader
+    path = path_of(unsubscribe.visible_url(contact, news))
+    contact.erased_at = contact.created_at
+    db.session.commit()
+    answer = client.get(path)
+    assert answer.status_code == 404
+    assert "This link is not valid" in answer.text
+
+
+def test_a_body_link_does_not_unsubscribe_by_post_and_a_tampered_one_is_refused(
+    app, reader, mail_client
+):
+    """Only the header's token answers the one-click POST; a body token is for opening."""
+    contact, news, _offers = reader
+    token = path_of(unsubscribe.visible_url(contact, news)).removeprefix("/o/")
+    assert mail_client.post(f"/o/{token}", data=ONE_CLICK).status_code == 404
+    for bad in (token[:-3] + "abc", token.replace(".", ".x", 1)):
+        assert mail_client.get(f"/o/{bad}").status_code == 404
+    assert status(contact, news) == "subscribed"
+
+
 @pytest.mark.parametrize(
     "mangle",
     [

@@ -2,8 +2,11 @@
 
 A mail client's one-click button POSTs to it (RFC 8058): no cookie, no CSRF token, no Origin.
 That POST takes the contact off that one list at once, commits, and answers 200 with a short
-page: no redirect, no cookie. A person (or a mail scanner) who opens the link with GET changes
-nothing: they land on their preference page with that list highlighted and its one button.
+page: no redirect, no cookie. A person (or a mail scanner) who opens a link with GET changes
+nothing. The mail body's link, while fresh and not revoked, lands on the preference page with
+that list highlighted and its one button (N5); any other unsubscribe link (the header's, or an
+old body link) lands on a page with one button that leaves that list, and shows nothing else
+of the contact (M7: the token can do nothing but unsubscribe).
 """
 
 import hashlib
@@ -15,6 +18,7 @@ from flask import render_template
 from flask import url_for
 
 from portal import csrf
+from portal import lists
 from portal import unsubscribe
 from portal.db import db
 from portal.links import TokenInvalid
@@ -26,27 +30,43 @@ from portal.preferences import bp
 log = logging.getLogger(__name__)
 
 
+def _refused(token: str, error: TokenInvalid):
+    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+    log.info("refused unsubscribe link %s: %s", digest, error)
+    return BadLink(expired=False)
+
+
 def _named_by(token: str):
-    """Return the contact and list an unsubscribe token names, or raise BadLink (a 404)."""
+    """Return the contact and list a one-click token names, or raise BadLink (a 404)."""
     try:
         contact, mailing_list = unsubscribe.read_token(token)
     except TokenInvalid as error:
-        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-        log.info("refused unsubscribe link %s: %s", digest, error)
-        raise BadLink(expired=False) from None
+        raise _refused(token, error) from None
     g.contact_language = contact.language
     return contact, mailing_list
 
 
 @bp.get("/o/<token>")
 def unsubscribe_page(token: str):
-    """Land on the preference page with the link's list highlighted; change nothing."""
-    contact, mailing_list = _named_by(token)
-    # The unsubscribe token never expires, the page link does: a fresh one is made here.
-    target = url_for(
-        "preferences.manage", token=make_token("manage", contact), list=mailing_list.slug
+    """Land on the preference page with the link's list highlighted, or on its one button."""
+    try:
+        contact, mailing_list, opens_page = unsubscribe.read_landing(token)
+    except TokenInvalid as error:
+        raise _refused(token, error) from None
+    g.contact_language = contact.language
+    if opens_page:
+        # The body link outlives a page link's age: a fresh page link is made here.
+        target = url_for(
+            "preferences.manage", token=make_token("manage", contact), list=mailing_list.slug
+        )
+        return redirect(target, code=303)
+    subscribed = db.session.get(lists.Subscription, (contact.id, mailing_list.id))
+    return render_template(
+        "preferences/leave.html",
+        list_name=mailing_list.name,
+        subscribed=subscribed is not None and subscribed.status == "subscribed",
+        one_click=unsubscribe.make_token(contact, mailing_list),
     )
-    return redirect(target, code=303)
 
 
 @bp.post("/o/<token>")
@@ -60,4 +80,4 @@ def one_click(token: str):
     list_name = mailing_list.name
     # Committed before answering: a mail client takes the 200 as "done".
     db.session.commit()
-    return render_template("preferences/unsubscribed.html", list_name=list_name, token=token)
+    return render_template("preferences/unsubscribed.html", list_name=list_name)
