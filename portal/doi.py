@@ -22,6 +22,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from portal import footer
 from portal import gate
 from portal import jobs
 from portal import ledger
@@ -112,20 +113,27 @@ def _queue_mail(
     url = public_url(f"/d/{make_token('doi', contact, d=request.public_id)}")
     days = current_app.config["PORTAL_LINK_MAX_AGE"]["doi"] // 86400
     context = {"contact": contact, "url": url, "days": days, "reminder": reminder}
+    category = _category(request.source)
     with force_locale(contact.language or "en"):
         subject = (
             _("Reminder: please confirm you want our email")
             if reminder
             else _("Please confirm you want our email")
         )
-        return outbox.enqueue(
-            category=_category(request.source),
-            contact=contact,
-            recipient=contact.email,
-            subject=subject,
-            text_body=render_template("mail/double_opt_in.txt", **context),
-            html_body=render_template("mail/double_opt_in.html", **context),
-        )
+        text = render_template("mail/double_opt_in.txt", **context)
+        html = render_template("mail/double_opt_in.html", **context)
+    if category is gate.Category.NOTICE:
+        # Staff asked (N4: their mail carries the footer). A sign-up's own request asks one
+        # thing of an address nobody has confirmed yet, and is pruned unanswered: no footer.
+        text, html = footer.add_footer(text, html, contact)
+    return outbox.enqueue(
+        category=category,
+        contact=contact,
+        recipient=contact.email,
+        subject=subject,
+        text_body=text,
+        html_body=html,
+    )
 
 
 def latest_request(contact: Contact) -> DoiRequest | None:

@@ -5,10 +5,16 @@ template: ``{{ preferences_url }}`` is the contact's own preference link, ``{{ f
 ``{{ last_name }}`` and ``{{ name }}`` their name, and ``{{ fields.<name> }}`` a custom field,
 masked when sensitive (SECURITY.md 15). Whatever staff write, the preference link is in every
 footer: a footer that leaves it out, or fails to render, gets the default line added.
+
+A contact whose erasure is requested or done has no page to go to, and mail about an erasure
+must not put back what it removes: their footer is impersonal, the business's own text with no
+preference link, name or field (a link written around ``{{ preferences_url }}`` keeps its text
+only; ``{% if preferences_url %}`` leaves it out). With no footer of staff's own, it is empty.
 """
 
 import html
 import logging
+import re
 from html.parser import HTMLParser
 
 from flask_babel import force_locale
@@ -43,6 +49,10 @@ def _template(source: str) -> Template:
     return found
 
 
+#: A link left without its address (an impersonal footer's preference link), as nh3 writes it.
+_EMPTY_LINK = re.compile(r'<a(?: href="")?(?: rel="[^"]*")?>(.*?)</a>', re.S)
+
+
 def _context(contact: Contact, url: str) -> dict:
     """Return what a footer template may use: the link and masked values only."""
     fields = {value.field.name: field_value(contact, value.field.name) for value in contact.values}
@@ -53,6 +63,15 @@ def _context(contact: Contact, url: str) -> dict:
         "name": contact.display_name,
         "fields": fields,
     }
+
+
+#: What an impersonal footer's template sees: nothing of the contact.
+_IMPERSONAL = {"preferences_url": "", "first_name": "", "last_name": "", "name": "", "fields": {}}
+
+
+def has_page(contact: Contact) -> bool:
+    """Say whether a footer may link to the contact's page: not once erasure is asked for."""
+    return contact.erasure_requested_at is None and contact.erased_at is None
 
 
 class _TextWriter(HTMLParser):
@@ -105,21 +124,25 @@ def _default_html(url: str) -> str:
     )
 
 
-def render(contact: Contact, source: str | None = None) -> tuple[str, str]:
+def render(
+    contact: Contact, source: str | None = None, *, personal: bool = True
+) -> tuple[str, str]:
     """Return the footer for this contact as (text, html); `source` is the footer setting,
-    if the caller read it already."""
+    if the caller read it already. `personal=False`, or a contact without a page, gives the
+    impersonal footer (see the module's docstring)."""
     if source is None:
         source = settings.values()["footer_html"]
     with force_locale(contact.language or "en"):
-        return _render(contact, source or "")
+        return _render(contact, source or "", personal and has_page(contact))
 
 
-def _render(contact: Contact, source: str) -> tuple[str, str]:
-    url = manage_url(contact)
+def _render(contact: Contact, source: str, personal: bool) -> tuple[str, str]:
+    url = manage_url(contact) if personal else ""
     rendered = ""
     if source.strip():
         try:
-            rendered = _template(source).render(_context(contact, url))
+            context = _context(contact, url) if personal else _IMPERSONAL
+            rendered = _template(source).render(context)
         except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
             # A footer staff saved but that cannot render must not stop the mail going out.
             log.warning(
@@ -128,16 +151,26 @@ def _render(contact: Contact, source: str) -> tuple[str, str]:
             rendered = ""
         # The output is sanitized again: the template may have assembled tags from pieces.
         rendered = settings.sanitize_html(rendered)
-    if url not in html.unescape(rendered):
+    if not personal:
+        rendered = _EMPTY_LINK.sub(r"\1", rendered)
+    elif url not in html.unescape(rendered):
         rendered += _default_html(url)
     return html_to_text(rendered), rendered
 
 
 def add_footer(
-    text: str, html_body: str | None, contact: Contact, source: str | None = None
+    text: str,
+    html_body: str | None,
+    contact: Contact,
+    source: str | None = None,
+    *,
+    personal: bool = True,
 ) -> tuple[str, str | None]:
-    """Return the text and HTML parts of a mail with the contact's footer appended to each."""
-    footer_text, footer_html = render(contact, source)
+    """Return the text and HTML parts of a mail with the contact's footer appended to each
+    (unchanged if an impersonal footer comes out empty)."""
+    footer_text, footer_html = render(contact, source, personal=personal)
+    if not footer_text.strip():
+        return text, html_body
     text = f"{text.rstrip()}\n\n{SEPARATOR}\n{footer_text}\n"
     if html_body is not None:
         block = f'<div class="footer">{footer_html}</div>'

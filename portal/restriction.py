@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from portal import contacts
+from portal import footer
 from portal import ledger
 from portal import outbox
 from portal.contacts import Contact
@@ -71,14 +72,20 @@ def _note(contact: Contact, action: str, reason: str, actor: str, event_id: int)
 
 def _mail(contact: Contact, template: str, subject) -> None:
     with force_locale(contact.language or "en"):
-        outbox.enqueue(
-            category=Category.OWN_ACTION,
-            contact=contact,
-            recipient=contact.email,
-            subject=str(subject),
-            text_body=render_template(f"mail/{template}.txt", contact=contact),
-            html_body=render_template(f"mail/{template}.html", contact=contact),
-        )
+        text = render_template(f"mail/{template}.txt", contact=contact)
+        html = render_template(f"mail/{template}.html", contact=contact)
+        subject = str(subject)
+    # Staff stop or lift it (N4: their mail carries the footer); the page it links to shows
+    # the contact that their processing is stopped.
+    text, html = footer.add_footer(text, html, contact)
+    outbox.enqueue(
+        category=Category.OWN_ACTION,
+        contact=contact,
+        recipient=contact.email,
+        subject=subject,
+        text_body=text,
+        html_body=html,
+    )
 
 
 def stop(contact: Contact, *, reason: str | None, actor: str) -> None:

@@ -1,15 +1,23 @@
 """The email footer (N4): staff-written, sandboxed, with the contact's own preference link."""
 
 import re
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from test_backoffice_auth import csrf_token
 
 from portal import contacts
 from portal import footer
+from portal import jobs
+from portal import lists
 from portal import outbox
 from portal import settings
 from portal.db import db
+from portal.db import utcnow
+
+DOI_SUBJECT = "Please confirm you want our email"
+DOI_REMINDER = "Reminder: please confirm you want our email"
 
 
 @pytest.fixture
@@ -120,3 +128,203 @@ def test_add_footer_handles_a_text_only_mail(app, reader):
     text, html = footer.add_footer("Hello.\n", None, reader)
     assert html is None
     assert text.startswith("Hello.\n\n-- \n")
+
+
+# --- Which mail carries it (N4: every mail staff send) -----------------------------------------
+
+STAFF_FOOTER = (
+    '<p>Hello {{ first_name }}. <a href="{{ preferences_url }}">Your choices</a></p>'
+    "<p>Example Ltd, 1 Main Street</p>"
+)
+
+
+def received_parts(smtp, address: str, subject: str) -> tuple[str, str]:
+    """Deliver the outbox and return the plain and HTML parts of the one mail with `subject`."""
+    outbox.work(once=True)
+    [message] = [m.message for m in smtp.to(address) if m.message["Subject"] == subject]
+    plain = message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+    return plain, message.get_body(preferencelist=("html",)).get_content()
+
+
+def footer_of(plain: str) -> str:
+    """Return what follows the signature separator, or "" when there is none."""
+    _, separator, rest = plain.partition("\n-- \n")
+    return rest if separator else ""
+
+
+def assert_personal_footer(client, plain: str, rich: str) -> None:
+    """The staff footer is in both parts, with the contact's own preference link, which works."""
+    assert re.search(
+        r"Hello Ada\. Your choices <https://prefs\.example\.test/p/\S+>", footer_of(plain)
+    )
+    assert "Example Ltd, 1 Main Street" in footer_of(plain)
+    block = rich[rich.index('<div class="footer">') :]
+    assert "Example Ltd, 1 Main Street" in block
+    link = page_link(footer_of(plain))
+    assert re.search(
+        rf'<a href="https://prefs\.example\.test{re.escape(link)}"[^>]*>Your choices', block
+    )
+    page = client.get(link)
+    assert page.status_code == 200
+    assert "Hello Ada." in page.text
+
+
+@pytest.fixture
+def staff_footer(app):
+    set_footer(STAFF_FOOTER)
+
+
+def test_a_double_opt_in_staff_send_from_the_record_carries_the_footer(
+    app, reader, agent_client, client, smtp, staff_footer
+):
+    page = agent_client.get("/staff/double-opt-in")
+    answer = agent_client.post(
+        f"/staff/contacts/{reader.public_id}/double-opt-in",
+        data={"csrf_token": csrf_token(page.text)},
+    )
+    assert answer.status_code == 303
+    plain, rich = received_parts(smtp, reader.email, DOI_SUBJECT)
+    assert "https://prefs.example.test/d/" in plain.split("\n-- \n")[0]
+    assert_personal_footer(client, plain, rich)
+
+
+def test_a_double_opt_in_staff_send_to_a_whole_list_carries_the_footer(
+    app, reader, agent_client, client, smtp, staff_footer
+):
+    news = lists.create_list("news", "News")
+    lists.set_subscription(reader, news, True, method="staff", actor="t")
+    db.session.commit()
+    page = agent_client.get("/staff/double-opt-in")
+    started = agent_client.post(
+        "/staff/double-opt-in", data={"csrf_token": csrf_token(page.text), "list_id": str(news.id)}
+    )
+    assert started.status_code == 303
+    assert jobs.work(once=True) == 1
+    plain, rich = received_parts(smtp, reader.email, DOI_SUBJECT)
+    assert_personal_footer(client, plain, rich)
+
+
+def test_a_sign_ups_own_double_opt_in_and_its_reminder_have_no_footer(
+    app, runner, smtp, staff_footer, monkeypatch
+):
+    lists.create_list("news", "News")  # the list the sign-up form joins
+    db.session.commit()
+    now = [utcnow()]
+    monkeypatch.setattr("portal.doi.utcnow", lambda: now[0])
+    visitor = app.test_client(use_cookies=False)
+    answer = visitor.post("/f/news", data={"email": "new@example.com", "marketing": "yes"})
+    assert answer.status_code == 303
+    plain, rich = received_parts(smtp, "new@example.com", DOI_SUBJECT)
+    assert "https://prefs.example.test/d/" in plain
+    assert footer_of(plain) == ""
+    assert "Example Ltd" not in plain + rich and "/p/" not in plain + rich
+
+    now[0] += timedelta(days=3)
+    assert runner.invoke(args=["doi", "remind"]).exit_code == 0
+    plain, rich = received_parts(smtp, "new@example.com", DOI_REMINDER)
+    assert "Example Ltd" not in plain + rich and "/p/" not in plain + rich
+
+
+def test_a_reminder_of_a_staff_request_carries_the_footer(
+    app, reader, runner, client, smtp, staff_footer, monkeypatch
+):
+    now = [utcnow()]
+    monkeypatch.setattr("portal.doi.utcnow", lambda: now[0])
+    assert runner.invoke(args=["doi", "send", reader.email]).exit_code == 0
+    now[0] += timedelta(days=3)
+    assert runner.invoke(args=["doi", "remind"]).exit_code == 0
+    plain, rich = received_parts(smtp, reader.email, DOI_REMINDER)
+    assert_personal_footer(client, plain, rich)
+
+
+def test_stopping_and_lifting_processing_mail_carries_the_footer(
+    app, reader, admin_client, client, smtp, staff_footer
+):
+    path = f"/staff/contacts/{reader.public_id}/stop-processing"
+    form = admin_client.get(path)
+    stopped = admin_client.post(
+        path, data={"csrf_token": csrf_token(form.text), "reason": "Asked by phone."}
+    )
+    assert stopped.status_code == 303
+    plain, rich = received_parts(smtp, reader.email, "We have stopped processing your data")
+    assert_personal_footer(client, plain, rich)
+    assert "You stopped the processing of your data" in client.get(page_link(plain)).text
+
+    path = f"/staff/contacts/{reader.public_id}/lift-restriction"
+    form = admin_client.get(path)
+    lifted = admin_client.post(
+        path, data={"csrf_token": csrf_token(form.text), "reason": "The dispute is settled."}
+    )
+    assert lifted.status_code == 303
+    plain, rich = received_parts(smtp, reader.email, "The processing of your data resumes")
+    assert_personal_footer(client, plain, rich)
+
+
+def assert_impersonal_footer(plain: str, rich: str) -> None:
+    """The business's own text only: no preference link, no name."""
+    assert "Example Ltd, 1 Main Street" in footer_of(plain)
+    assert "Your choices" in footer_of(plain)  # the link's words, without the link
+    block = rich[rich.index('<div class="footer">') :]
+    assert "Example Ltd, 1 Main Street" in block and "<a" not in block
+    assert "/p/" not in plain + rich
+    assert "Ada" not in footer_of(plain) + block
+
+
+def test_an_erasure_extension_notice_has_the_impersonal_footer(
+    app, reader, admin_client, smtp, staff_footer
+):
+    contacts.request_erasure(reader, method="page", actor="contact")
+    db.session.commit()
+    path = f"/staff/erasure/{reader.public_id}/extend"
+    form = admin_client.get(path)
+    done = admin_client.post(
+        path, data={"csrf_token": csrf_token(form.text), "months": "1", "reason": "Archives."}
+    )
+    assert done.status_code == 303
+    plain, rich = received_parts(smtp, reader.email, "Your erasure request needs more time")
+    assert "Archives." in plain
+    assert_impersonal_footer(plain, rich)
+
+
+def test_an_erasure_receipt_has_the_impersonal_footer(
+    app, reader, admin_client, smtp, staff_footer
+):
+    path = f"/staff/contacts/{reader.public_id}/erase"
+    form = admin_client.get(path)
+    assert admin_client.post(path, data={"csrf_token": csrf_token(form.text)}).status_code == 303
+    plain, rich = received_parts(smtp, "reader@example.com", "Your personal data has been erased")
+    assert_impersonal_footer(plain, rich)
+
+
+def test_without_a_staff_footer_erasure_mail_has_none(app, reader, admin_client, smtp):
+    contacts.request_erasure(reader, method="page", actor="contact")
+    db.session.commit()
+    path = f"/staff/erasure/{reader.public_id}/extend"
+    form = admin_client.get(path)
+    admin_client.post(
+        path, data={"csrf_token": csrf_token(form.text), "months": "1", "reason": "Archives."}
+    )
+    plain, rich = received_parts(smtp, reader.email, "Your erasure request needs more time")
+    assert footer_of(plain) == ""
+    assert 'class="footer"' not in rich and "/p/" not in plain + rich
+
+
+def test_a_footer_can_leave_out_the_link_where_there_is_none(app, reader):
+    set_footer(
+        '<p>Example Ltd{% if preferences_url %}: <a href="{{ preferences_url }}">'
+        "Your choices</a>{% endif %}</p>"
+    )
+    contacts.request_erasure(reader, method="page", actor="contact")
+    db.session.commit()
+    assert footer.render(reader) == ("Example Ltd", "<p>Example Ltd</p>")
+
+
+def test_the_contacts_own_fresh_link_has_no_footer(app, reader, smtp, staff_footer):
+    browser = app.test_client()
+    browser.environ_base["HTTP_REFERER"] = "https://localhost/"
+    page = browser.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    browser.post("/link", data={"email": reader.email, "csrf_token": token})
+    plain, rich = received_parts(smtp, reader.email, "Your link to your privacy preferences")
+    assert footer_of(plain) == ""
+    assert "Example Ltd" not in plain + rich

@@ -12,6 +12,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from portal import footer
 from portal import ledger
 from portal import outbox
 from portal.contacts import Contact
@@ -113,14 +114,21 @@ def send(
 ) -> outbox.OutboxMessage:
     """Queue a mail about the erasure to the contact's address, in their language."""
     with force_locale(contact.language or "en"):
-        return outbox.enqueue(
-            category=category,
-            contact=contact,
-            recipient=contact.email,
-            subject=str(subject),
-            text_body=render_template(f"mail/{template}.txt", **context),
-            html_body=render_template(f"mail/{template}.html", **context),
-        )
+        text = render_template(f"mail/{template}.txt", **context)
+        html = render_template(f"mail/{template}.html", **context)
+        subject = str(subject)
+    # Staff send it (N4), but the contact asked to be erased: the impersonal footer, with no
+    # preference link to a record on its way out, and nothing personal in a receipt that is
+    # kept after the erasure.
+    text, html = footer.add_footer(text, html, contact, personal=False)
+    return outbox.enqueue(
+        category=category,
+        contact=contact,
+        recipient=contact.email,
+        subject=subject,
+        text_body=text,
+        html_body=html,
+    )
 
 
 def extend(
