@@ -20,6 +20,7 @@ from portal import keys
 from portal import ledger
 from portal import links
 from portal import staff
+from portal import unsubscribe_mail
 from portal import workers
 from portal.db import db
 
@@ -159,6 +160,7 @@ def init_app(app) -> None:
     for command in commands:
         app.cli.add_command(command)
     app.cli.add_command(doi_cli.doi_cli)
+    mail_cli.add_command(unsubscribe_mail.unsubscribe_command)
     erasure_cli.register(contacts_cli)
     workers.init_app(app)
 
@@ -176,7 +178,9 @@ def purge_command():
 
 
 staff_cli = AppGroup("staff", help="Manage back-office accounts.")
-mail_cli = AppGroup("mail", help="Record inbound mail so that replies are recognised.")
+mail_cli = AppGroup(
+    "mail", help="Inbound mail: record it so that replies are recognised; act on unsubscribe mail."
+)
 
 
 @staff_cli.command("create")
