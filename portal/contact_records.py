@@ -27,6 +27,8 @@ from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.contacts import FieldDefinition
 from portal.db import db
+from portal.db import utcnow
+from portal.doi import DoiRequest
 from portal.outbox import OutboxMessage
 from portal.staff import RevealPermission
 from portal.staff import StaffUser
@@ -160,7 +162,10 @@ def update_fields(
 def change_email(contact: Contact, address: str, *, actor: str) -> None:
     """Give the contact a new address; its single or double opt-in falls back to None (M5).
 
-    Links mailed to the old address stop working: its mailbox no longer speaks for the contact.
+    An opted-out contact stays opted out, but a revert no longer gives back a consent the old
+    address gave. Links mailed to the old address stop working (its mailbox no longer speaks
+    for the contact), and its open double opt-in requests expire: no reminder of them goes to
+    the new address.
     """
     refuse_if_closed(contact)
     try:
@@ -179,8 +184,12 @@ def change_email(contact: Contact, address: str, *, actor: str) -> None:
     contact.email = address
     contact.link_version += 1
     _record(contact, "email", "email_changed", actor)
-    if optin.allowed(contact, optin.Event.EMAIL_CHANGED):
-        optin.transition(contact, optin.Event.EMAIL_CHANGED, method="staff", actor=actor)
+    optin.address_changed(contact, method="staff", actor=actor)
+    db.session.execute(
+        sa.update(DoiRequest)
+        .where(DoiRequest.contact_id == contact.id, DoiRequest.status == "pending")
+        .values(status="expired", decided_at=utcnow())
+    )
     db.session.flush()
 
 

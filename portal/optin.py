@@ -4,7 +4,8 @@ Every change of a contact's opt-in status goes through `transition`, which looks
 (status now, event) up in `TABLE` and records the change as one ledger event. A pair that is
 not in the table is refused with a reason; a row of the table that leaves the status as it is
 ("Double stays Double", a web form for an opted-out address) is not refused and records
-nothing, so repeating an event is harmless.
+nothing, so repeating an event is harmless. The one state beside the status, the status an
+opt-out remembers for its revert, obeys the table's last row too (`address_changed`).
 """
 
 import hashlib
@@ -57,10 +58,16 @@ NEEDS_REASON = frozenset(STAFF_EVENTS)
 Target = OptIn | None | Callable[[Contact], OptIn]
 
 SINGLES = (OptIn.SINGLE_USER, OptIn.SINGLE_WEBFORM)
+#: The statuses that say the address agreed to marketing email; the address changing takes
+#: them back (M5's last row).
+CONSENTS = (*SINGLES, OptIn.DOUBLE)
 EVERY_STATUS = tuple(OptIn)
+#: The ledger's subject_ref for a change of the status an opt-out remembers (not the status).
+BEFORE_OPT_OUT = "before_opt_out"
 
 
-def _before_opt_out(contact: Contact) -> OptIn:
+def restored_by_revert(contact: Contact) -> OptIn:
+    """Return the status a revert of the contact's opt-out (or their own undo) gives back."""
     before = contact.opt_in_before_opt_out
     if before is None or OptIn(before) in contacts.OPT_OUTS:
         return OptIn.NONE
@@ -72,7 +79,7 @@ def _rows() -> dict[tuple[str, Event], Target]:
         (NEW, Event.CREATED): OptIn.NONE,
         (NEW, Event.CREATED_SINGLE_USER): OptIn.SINGLE_USER,
         (OptIn.NONE, Event.STAFF_SINGLE_USER): OptIn.SINGLE_USER,
-        (OptIn.OPTOUT_USER, Event.STAFF_REVERT): _before_opt_out,
+        (OptIn.OPTOUT_USER, Event.STAFF_REVERT): restored_by_revert,
     }
     for status in (OptIn.NONE, *SINGLES):
         table[status, Event.WEBFORM_TICKED] = OptIn.SINGLE_WEBFORM
@@ -86,9 +93,11 @@ def _rows() -> dict[tuple[str, Event], Target]:
         table[status, Event.CONTACT_OPT_OUT] = OptIn.OPTOUT_CONTACT
         if status is not OptIn.OPTOUT_CONTACT:
             table[status, Event.STAFF_OPT_OUT] = OptIn.OPTOUT_USER
-    for status in (*SINGLES, OptIn.DOUBLE):
+    # An opted-out contact keeps the opt-out (`address_changed` forgets the consent that a
+    # revert would give back).
+    for status in CONSENTS:
         table[status, Event.EMAIL_CHANGED] = OptIn.NONE
-    table[OptIn.OPTOUT_CONTACT, Event.CONTACT_UNDO] = _before_opt_out
+    table[OptIn.OPTOUT_CONTACT, Event.CONTACT_UNDO] = restored_by_revert
     return table
 
 
@@ -105,6 +114,12 @@ REFUSALS = {
     Event.EMAIL_CHANGED: _l("only a single or double opt-in depends on the address"),
     Event.CONTACT_UNDO: _l("only the contact's own opt-out can be undone"),
 }
+
+
+ERASED = _l("the contact's personal data was erased")
+#: What an erased contact refuses: the confirmation ("any but erased"), and staff's changes,
+#: since an erased record cannot be changed (the view shows no button for them).
+ERASED_REFUSES = frozenset({Event.DOI_CONFIRMED, *STAFF_EVENTS})
 
 
 class TransitionRefused(ValueError):
@@ -199,8 +214,8 @@ def target(contact: Contact, event: Event | str, *, state: str | None = None) ->
     TransitionRefused naming why the table has no such row."""
     event = Event(event)
     state = state or _state(contact)
-    if event is Event.DOI_CONFIRMED and contact.erased_at is not None:
-        raise TransitionRefused(state, event, _l("the contact's personal data was erased"))
+    if contact.erased_at is not None and event in ERASED_REFUSES:
+        raise TransitionRefused(state, event, ERASED)
     if state == NEW and event not in (Event.CREATED, Event.CREATED_SINGLE_USER):
         raise TransitionRefused(state, event, _l("a new contact starts at None or Single (user)"))
     key = (state if state == NEW else OptIn(state), event)
@@ -293,6 +308,57 @@ def staff_events(contact: Contact) -> list[Event]:
     return events
 
 
+def address_changed(contact: Contact, *, actor: str, method: str) -> OptIn:
+    """Apply M5's "the email address changes" row; return the status after it.
+
+    A single or double opt-in falls to None: the new address has not consented. An opted-out
+    contact stays opted out, but the status a revert (or the contact's undo) would give back
+    falls to None too, with its own ledger event, so no consent of the old address reaches
+    the new one that way.
+    """
+    if allowed(contact, Event.EMAIL_CHANGED):
+        return transition(contact, Event.EMAIL_CHANGED, actor=actor, method=method)
+    remembered = restored_by_revert(contact)
+    if contact.opt_in_status in contacts.OPT_OUTS and remembered in CONSENTS:
+        contact.opt_in_before_opt_out = OptIn.NONE.value
+        ledger.append(
+            contact_ref=contact.public_id,
+            subject_type="opt_in",
+            subject_ref=BEFORE_OPT_OUT,
+            action="set",
+            value_from=remembered.value,
+            value_to=OptIn.NONE.value,
+            method=method,
+            actor=actor,
+            evidence_ref=Event.EMAIL_CHANGED.value,
+        )
+    return OptIn(contact.opt_in_status)
+
+
+#: Why staff cannot record an opt-in for a contact who opted out on their own (M5).
+OWN_OPT_OUT = _l(
+    "the contact opted out themselves; only they can opt in again, by confirming a double "
+    "opt-in they ask for on a web form or on their preference page"
+)
+ALREADY_DOUBLE = _l("the contact has already confirmed a double opt-in")
+
+
+def out_of_band_refusal(contact: Contact):
+    """Return why staff cannot record an out-of-band opt-in for the contact now, or None."""
+    if contact.opt_in_status == OptIn.OPTOUT_CONTACT:
+        # Staff cannot revert the contact's own opt-out (M5); evidence typed by staff would.
+        return OWN_OPT_OUT
+    try:
+        after = target(contact, Event.DOI_CONFIRMED)
+    except TransitionRefused as refused:
+        return refused.reason
+    if after is None:
+        return ALREADY_DOUBLE
+    if _locked(contact, after, "staff"):
+        return LOCKED
+    return None
+
+
 def record_out_of_band(
     contact: Contact,
     *,
@@ -303,8 +369,12 @@ def record_out_of_band(
     """Set Double opt-in from a confirmation staff received out of band (B8), with its evidence.
 
     The evidence (say, "reply of 3 May to our mail, ticket 4411") is required; it is kept
-    beside the ledger event that records the change, which names it and its digest.
+    beside the ledger event that records the change, which names it and its digest. It
+    cannot undo an opt-out the contact made themselves: see `out_of_band_refusal`.
     """
+    refusal = out_of_band_refusal(contact)
+    if refusal is not None:
+        raise TransitionRefused(contact.opt_in_status, Event.DOI_CONFIRMED, refusal)
     text = (evidence_text or "").strip()
     if not text:
         raise TransitionRefused(
@@ -317,12 +387,6 @@ def record_out_of_band(
             contact.opt_in_status,
             Event.DOI_CONFIRMED,
             _l("the evidence is longer than %(count)s characters", count=MAX_EVIDENCE_TEXT),
-        )
-    if target(contact, Event.DOI_CONFIRMED) is None:
-        raise TransitionRefused(
-            contact.opt_in_status,
-            Event.DOI_CONFIRMED,
-            _l("the contact has already confirmed a double opt-in"),
         )
     digest = hashlib.sha256(text.encode()).hexdigest()
     note = OptInNote(contact_id=contact.id, text=text, text_sha256=digest, created_by=actor)

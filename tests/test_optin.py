@@ -2,15 +2,23 @@
 
 import hashlib
 import re
+from datetime import timedelta
+from html import unescape
 
 import pytest
 import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
 
+from portal import campaigns
 from portal import contacts
+from portal import doi
+from portal import gate
+from portal import jobs
 from portal import ledger
+from portal import lists
 from portal import optin
 from portal import outbox
+from portal import settings
 from portal.contacts import Contact
 from portal.contacts import OptIn
 from portal.db import db
@@ -252,6 +260,88 @@ def test_an_out_of_band_opt_in_sets_double_with_its_evidence_in_the_ledger(app):
         optin.record_out_of_band(contact, evidence_text="again", actor="staff:1")
 
 
+@pytest.mark.parametrize(
+    ("status", "refusal"),
+    [
+        (N, None),
+        (SU, None),
+        (SW, None),
+        (D, "already confirmed"),
+        (OU, None),
+        (OC, "opted out themselves; only they can opt in again"),
+    ],
+)
+def test_an_out_of_band_opt_in_from_every_status(app, status, refusal):
+    contact = at_status(f"oob-{status}@example.test", status)
+    before = len(opt_in_events(contact))
+    if refusal is None:
+        optin.record_out_of_band(contact, evidence_text="Signed form, folder 12", actor="staff:1")
+        assert contact.opt_in_status == D
+        assert len(opt_in_events(contact)) == before + 1
+        return
+    with pytest.raises(TransitionRefused, match=refusal):
+        optin.record_out_of_band(contact, evidence_text="Signed form, folder 12", actor="staff:1")
+    assert optin.out_of_band_refusal(contact) is not None
+    assert contact.opt_in_status == status
+    assert len(opt_in_events(contact)) == before
+    assert optin.notes_of(contact) == []
+
+
+def test_the_contact_can_still_end_their_own_opt_out_by_confirming(app):
+    contact = at_status("own-oob@example.test", OC)
+    with pytest.raises(TransitionRefused):
+        optin.record_out_of_band(contact, evidence_text="They said yes on the phone", actor="s")
+    # The row the out-of-band record must not borrow stays open to the contact themselves.
+    optin.transition(contact, Event.DOI_CONFIRMED, actor="contact", method="double_opt_in")
+    assert contact.opt_in_status == D
+
+
+def test_staff_change_nothing_on_an_erased_record(app):
+    for number, status in enumerate((N, OU)):
+        contact = at_status(f"gone-{number}@example.test", status)
+        contact.erased_at = utcnow()
+        before = len(opt_in_events(contact))
+        for event in optin.STAFF_EVENTS:
+            with pytest.raises(TransitionRefused, match="erased"):
+                optin.transition(contact, event, actor="a", method="staff", reason="asked")
+        with pytest.raises(TransitionRefused, match="erased"):
+            optin.record_out_of_band(contact, evidence_text="signed form", actor="a")
+        assert optin.staff_events(contact) == []
+        assert (contact.opt_in_status, len(opt_in_events(contact))) == (status, before)
+
+
+# --- The address changes (M5's last row) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [OU, OC])
+@pytest.mark.parametrize("remembered", [SU, SW, D])
+def test_a_new_address_forgets_the_consent_an_opt_out_remembers(app, status, remembered):
+    contact = at_status(f"forget-{status}-{remembered}@example.test", remembered)
+    contacts.record_opt_in(contact, status, method="staff", actor="t")
+    assert optin.restored_by_revert(contact) == remembered
+    after = optin.address_changed(contact, actor="staff:1", method="staff")
+    assert after == contact.opt_in_status == status  # still opted out
+    assert optin.restored_by_revert(contact) == N
+    last = opt_in_events(contact)[-1]
+    assert (last.subject_ref, last.value_from, last.value_to) == ("before_opt_out", remembered, N)
+    assert (last.actor, last.method, last.evidence_ref) == ("staff:1", "staff", "email_changed")
+    assert ledger.verify().ok
+    event = Event.STAFF_REVERT if status == OU else Event.CONTACT_UNDO
+    assert optin.transition(contact, event, actor="a", method="staff", reason="r") == N
+
+
+@pytest.mark.parametrize("status", list(OptIn))
+def test_a_new_address_from_every_status(app, status):
+    contact = at_status(f"new-address-{status}@example.test", status)
+    if status in (OU, OC):
+        contact.opt_in_before_opt_out = N  # nothing consented to forget
+    before = len(opt_in_events(contact))
+    after = optin.address_changed(contact, actor="staff:1", method="staff")
+    expected = N if status in (SU, SW, D) else status
+    assert after == contact.opt_in_status == expected
+    assert len(opt_in_events(contact)) == before + (status in (SU, SW, D))
+
+
 # --- The record view -----------------------------------------------------------------------
 
 
@@ -292,7 +382,10 @@ def test_the_record_shows_the_status_and_only_the_allowed_buttons(agent_client):
         assert label not in block
     assert "Only they can opt in again" in block
     assert "Send double opt-in email" not in block
-    assert "Record an out-of-band opt-in" in block
+    # Changed deliberately: an out-of-band opt-in would revert the contact's own opt-out,
+    # which M5 leaves to the contact alone. The form is gone and the record says why.
+    assert "Record an out-of-band opt-in" not in block
+    assert "No out-of-band opt-in can be recorded: the contact opted out themselves" in block
 
 
 def test_staff_opt_a_contact_out_and_revert_it_with_a_reason(agent_client):
@@ -388,3 +481,119 @@ def test_staff_actions_need_a_signed_in_user_and_a_csrf_token(app, agent_client)
         )
         == 0
     )
+
+
+# --- A new address in the back office (M5's last row) -----------------------------------------
+
+
+def test_a_revert_after_a_new_address_gives_none_and_no_campaign_reaches_it(agent_client, smtp):
+    newsletter = lists.create_list("newsletter", "Newsletter")
+    contact = at_status("first@example.test", D)
+    control = at_status("control@example.test", D)
+    for member in (contact, control):
+        lists.set_subscription(member, newsletter, True, method="staff", actor="t")
+    db.session.commit()
+
+    post(agent_client, contact, "/opt-in/staff_opt_out", {"reason": "asked by phone"})
+    page = agent_client.get(record_path(contact)).text
+    assert "Reverting the opt-out gives back: Double opt-in." in page
+    response = post(agent_client, contact, "/email", {"email": "second@example.test"})
+    assert response.status_code == 303
+    page = agent_client.get(record_path(contact)).text
+    assert "Opt-out (user)" in page
+    assert "Reverting the opt-out gives back: None." in page
+    post(agent_client, contact, "/opt-in/staff_revert", {"reason": "it was a mistake"})
+    assert "The opt-in status is now: None." in agent_client.get(record_path(contact)).text
+    assert (contact.email, contact.opt_in_status) == ("second@example.test", N)
+    assert [(e.subject_ref, e.value_from, e.value_to) for e in opt_in_events(contact)][-3:] == [
+        ("", D, OU),
+        ("before_opt_out", D, N),
+        ("", OU, N),
+    ]
+
+    for policy in settings.CAMPAIGN_POLICIES:
+        decision = gate.decide(
+            gate.Category.CAMPAIGN,
+            recipient=contact.email,
+            contact=contact,
+            list_id=newsletter.id,
+            policy=policy,
+        )
+        assert (decision.allowed, decision.reason) == (False, "policy"), policy
+    # Even the widest policy sends the campaign to the control member only.
+    settings.save(
+        {"campaign_policy": "double_single_user_single_webform"}, based_on=0, author="t"
+    )
+    campaign = campaigns.create(
+        subject="Monthly news",
+        text_body="News of the month.\nLeave: {{ unsubscribe_url }}\n",
+        html_body="",
+        list_id=newsletter.id,
+        author="t",
+    )
+    campaigns.send(campaign, author="t")
+    db.session.commit()
+    jobs.work(once=True)
+    outbox.work(once=True)
+    assert len(smtp.to("control@example.test")) == 1
+    assert smtp.to("second@example.test") == smtp.to("first@example.test") == []
+
+
+def test_a_new_address_leaves_the_contacts_own_opt_out_nothing_to_give_back(agent_client):
+    contact = at_status("own-first@example.test", D)
+    optin.transition(contact, Event.CONTACT_OPT_OUT, actor="contact", method="page")
+    db.session.commit()
+    post(agent_client, contact, "/email", {"email": "own-second@example.test"})
+    assert (contact.email, contact.opt_in_status) == ("own-second@example.test", OC)
+    assert optin.restored_by_revert(contact) == N
+    last = opt_in_events(contact)[-1]
+    assert (last.subject_ref, last.value_from, last.value_to) == ("before_opt_out", D, N)
+
+    post(agent_client, contact, "/out-of-band", {"evidence": "Replied yes, ticket 9"})
+    page = unescape(agent_client.get(record_path(contact)).text)
+    assert "Nothing changed: the contact opted out themselves; only they can opt in again" in page
+    assert contact.opt_in_status == OC
+    assert optin.notes_of(contact) == []
+
+
+def test_a_new_address_gets_no_reminder_of_a_request_mailed_to_the_old_one(
+    agent_client, runner, smtp
+):
+    contact = at_status("signup-old@example.test", N)
+    optin.transition(contact, Event.WEBFORM_TICKED, actor="contact", method="webform")
+    assert doi.send_request(contact, source="webform", actor="contact").sent
+    db.session.commit()
+    post(agent_client, contact, "/email", {"email": "signup-new@example.test"})
+    assert contact.opt_in_status == N
+    request = doi.latest_request(contact)
+    assert request.status == "expired"
+    assert "was never confirmed" in agent_client.get(record_path(contact)).text
+    request.last_sent_at -= timedelta(days=3)  # long past the time a reminder is due
+    db.session.commit()
+    result = runner.invoke(args=["doi", "remind"])
+    assert result.exit_code == 0, result.output
+    outbox.work(once=True)
+    assert smtp.to("signup-new@example.test") == []
+
+
+def test_staff_cannot_record_an_out_of_band_opt_in_over_the_contacts_own_opt_out(agent_client):
+    contact = at_status("own-view@example.test", D)
+    optin.transition(contact, Event.CONTACT_OPT_OUT, actor="contact", method="page")
+    db.session.commit()
+    response = post(agent_client, contact, "/out-of-band", {"evidence": "Signed form, folder 3"})
+    assert response.status_code == 303
+    page = unescape(agent_client.get(record_path(contact)).text)
+    assert "Nothing changed: the contact opted out themselves" in page
+    assert "Signed form, folder 3" not in page
+    assert contact.opt_in_status == OC
+    assert optin.notes_of(contact) == []
+
+
+def test_a_staff_transition_posted_for_an_erased_record_is_refused(agent_client):
+    contact = at_status("erased-view@example.test", OU)
+    contact.erased_at = utcnow()
+    db.session.commit()
+    post(agent_client, contact, "/opt-in/staff_revert", {"reason": "asked"})
+    page = unescape(agent_client.get(record_path(contact)).text)
+    assert "Nothing changed: the contact's personal data was erased." in page
+    assert contact.opt_in_status == OU

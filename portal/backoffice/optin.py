@@ -38,6 +38,8 @@ def optin_helpers():
         "optin_status_meanings": optin.STATUS_MEANINGS,
         "optin_event_words": optin.EVENT_WORDS,
         "optin_notes_of": optin.notes_of,
+        "optin_out_of_band_refusal": optin.out_of_band_refusal,
+        "optin_restored_by_revert": optin.restored_by_revert,
         "optin_latest_request": doi.latest_request,
     }
 
