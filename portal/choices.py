@@ -187,6 +187,8 @@ class StateInfo:
     state: str
     version_number: int
     changed_at: datetime
+    #: How the decision was made ("page", "page+email", "staff"...: ConsentState.method).
+    method: str
 
 
 @dataclass(frozen=True)
@@ -270,22 +272,23 @@ _PENDING = sa.table(
 
 
 def _state_query(with_values: bool) -> sa.CompoundSelect:
-    """One query for what a page needs of one contact: consent states, subscriptions, the
-    grants waiting for confirmation and (when a rule reads custom fields) the plain values of
-    those fields."""
+    """One query for what a page needs of one contact: consent states (and how each decision
+    was made), subscriptions, the grants waiting for confirmation and (when a rule reads custom
+    fields) the plain values of those fields."""
     contact_id = sa.bindparam("contact_id")
     none = sa.null()
     parts = [
         sa.select(sa.literal_column("'consent'").label("kind"),
                   ConsentState.consent_id.label("ref"), ConsentState.state.label("text"),
-                  ConsentVersion.number.label("number"), ConsentState.changed_at.label("at"))
+                  ConsentVersion.number.label("number"), ConsentState.changed_at.label("at"),
+                  ConsentState.method.label("method"))
         .join(ConsentVersion, ConsentVersion.id == ConsentState.version_id)
         .where(ConsentState.contact_id == contact_id),
-        sa.select(sa.literal_column("'list'"), Subscription.list_id, none, none, none)
+        sa.select(sa.literal_column("'list'"), Subscription.list_id, none, none, none, none)
         .where(Subscription.contact_id == contact_id, Subscription.status == "subscribed"),
         # The grants waiting for confirmation, as their JSON text (changes.PendingChange).
         sa.select(sa.literal_column("'waiting'"), none, sa.cast(_PENDING.c["items"], sa.Text),
-                  none, _PENDING.c.created_at)
+                  none, _PENDING.c.created_at, none)
         .where(_PENDING.c.contact_id == contact_id, _PENDING.c.status == "pending",
                _PENDING.c.created_at > sa.bindparam("waiting_since")),
     ]
@@ -293,7 +296,7 @@ def _state_query(with_values: bool) -> sa.CompoundSelect:
         # Only the plain value: rules never read a sensitive field's ciphertext or mask.
         parts.append(
             sa.select(sa.literal_column("'value'"), FieldValue.field_id, FieldValue.value, none,
-                      none)
+                      none, none)
             .where(FieldValue.contact_id == contact_id,
                    FieldValue.field_id.in_(sa.bindparam("field_ids", expanding=True)))
         )
@@ -324,11 +327,11 @@ def page_for(contact: Contact) -> Page:
         params = {"contact_id": contact.id, "waiting_since": utcnow() - alive}
         if field_ids:
             params["field_ids"] = sorted(field_ids)
-        for kind, ref, text, number, at in db.session.execute(
+        for kind, ref, text, number, at, method in db.session.execute(
             _STATE_QUERIES[bool(field_ids)], params
         ):
             if kind == "consent":
-                states[ref] = StateInfo(text, number, at)
+                states[ref] = StateInfo(text, number, at, method)
             elif kind == "list":
                 subscribed.add(ref)
             elif kind == "waiting":

@@ -578,3 +578,53 @@ def test_page_is_accessible_fits_a_phone_and_stays_home(visit, live_app, where):
         "() => document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth"
     ), f"the {where} scrolls sideways on a phone"
     assert visitor.elsewhere() == []
+
+
+# --- With JavaScript, a toggle saves withdrawals only -----------------------------------------
+
+HELD = ("Anything you give or ask for is not sent yet: press “Save my choices” and we will "
+        "email you a link to confirm it.")
+
+
+@pytest.mark.parametrize("send", ["click", "enter"], ids=["button", "enter-in-a-box"])
+def test_a_toggle_withdraws_at_once_and_leaves_a_join_ticked_for_the_button(
+    visit, live_app, server_url, mail, send
+):
+    email = f"toggle-{send}@example.test"
+    mailbox = mail(email)
+    visitor = visit()
+    page = visitor.page
+    visitor.open(new_contact(live_app, email))
+    page.evaluate("() => { window.sameDocument = true; }")
+
+    # The contact ticks a list to join, then unticks one they are on: only the leaving saves.
+    page.get_by_role("checkbox", name="Events and webinars").check()
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.get_by_role("checkbox", name="Monthly newsletter").click()
+    assert posted.value.status == 200
+    assert posted.value.request.headers.get("hx-request") == "true"
+    expect(page.get_by_role("status")).to_contain_text(WITHDRAWN)
+    assert status_messages(page) == [WITHDRAWN, HELD]
+    # The swapped form still has the join ticked.
+    assert checked_lists(page) == {"Events and webinars": True, "Monthly newsletter": False,
+                                   "Product updates": False}
+    assert mailbox.subjects() == ["Your choices were saved"]
+    assert bullet_lines(mailbox.latest("Your choices were saved")) == [
+        "Unsubscribe from Monthly newsletter"]
+
+    # The button (or Enter in a box, which presses it) sends the join.
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        if send == "click":
+            page.get_by_role("button", name="Save my choices").click()
+        else:
+            page.get_by_role("checkbox", name="Events and webinars").press("Enter")
+    assert posted.value.status == 200
+    assert posted.value.request.headers.get("hx-request") == "true"
+    expect(page.get_by_role("status")).to_contain_text("Check your inbox")
+    assert status_messages(page) == [CHECK_INBOX]
+    assert page.evaluate("() => window.sameDocument") is True
+    assert mailbox.subjects() == ["Your choices were saved", "Please confirm your choices"]
+    assert bullet_lines(mailbox.latest("Please confirm your choices")) == [
+        "Subscribe to Events and webinars"]
+    assert visitor.errors == []
+    assert visitor.elsewhere() == []

@@ -56,6 +56,19 @@ OPT_IN_WORDS = {
     OptIn.OPTOUT_CONTACT: _l("You stopped all marketing email."),
 }
 
+#: How a consent decision was made (ConsentState.method), in the contact's words: the page says
+#: "Given on <date>, <how>." A method not listed here shows the date alone.
+CONSENT_METHOD_WORDS = {
+    "page": _l("on this page"),
+    "page+email": _l("on this page, confirmed by email"),
+    "undo+email": _l("restored with the undo link we emailed you"),
+    "webform": _l("on a sign-up form on our website"),
+    "staff": _l("recorded by our staff"),
+    "cli": _l("recorded by our staff"),
+    "import": _l("imported from our earlier records"),
+    "api": _l("through our CRM"),
+}
+
 
 # The forms of link pages carry a token bound to the contact, not to a session (links.form_token).
 bp.add_app_template_global(form_token, "link_form_token")
@@ -148,6 +161,7 @@ def manage_context(token: str, page, wanted: dict | None = None) -> dict:
     return {"token": token, "page": page, "contact": contact,
             "positions": page.positions(wanted),
             "opt_in_words": OPT_IN_WORDS[OptIn(contact.opt_in_status)],
+            "method_words": CONSENT_METHOD_WORDS,
             "highlight": request.args.get("list")}
 
 
@@ -163,12 +177,13 @@ def manage(token: str):
 def save(token: str):
     """Apply withdrawals at once and mail a confirmation link for everything else.
 
-    Without JavaScript this ends in a redirect to the page; with htmx (a toggle saves the
-    form) it answers with the updated form.
+    Without JavaScript this ends in a redirect to the page; with htmx it answers with the
+    updated form. A toggle saves the withdrawals only (see _toggled).
     """
     contact, _payload = _contact_from("manage", token)
     page = page_for(contact)
     choices, versions = _submitted(page)
+    toggled = _toggled()
     try:
         check_form_token(contact, request.form.get("csrf_token"))
     except CSRFError:
@@ -179,18 +194,23 @@ def save(token: str):
                   "yet. Your choices are still set below.")]
         return htmx.render("preferences/manage.html", "preferences/_form.html",
                            messages=note, **context)
+    # A "no" or an unticked box is a withdrawal; grants, stopping processing and erasure are
+    # all True, and a toggle leaves them for the button.
+    sent = {key: value for key, value in choices.items() if not value} if toggled else choices
     try:
-        outcome = changes.submit(contact, choices, versions=versions,
+        outcome = changes.submit(contact, sent, versions=versions,
                                  stamp=request.form.get("stamp", ""),
                                  language=str(get_locale()), evidence=_evidence(),
                                  rule_version=_shown_rule_version(), page=page)
     except changes.StaleForm as stale:
         db.session.rollback()
-        wanted = changes.describe(stale.page, changes.diff(stale.page, stale.submitted, {}))
+        # Everything the form asked for, the grants a toggle held back included.
+        wanted = changes.describe(stale.page, changes.diff(stale.page, choices, {}))
         return htmx.render("preferences/stale.html", "preferences/_stale.html", token=token,
                            page=stale.page, wanted=wanted, now=changes.summary(stale.page))
     db.session.commit()
     reading_only_from_here()
+    after = page_for(contact) if htmx.wants_fragment() else None
     messages = []
     if outcome.withdrawn:
         messages.append(_("Your changes are saved. We sent you an email with a link to undo "
@@ -201,14 +221,43 @@ def save(token: str):
     elif outcome.pending:
         messages.append(_("Check your inbox: we sent you a link to confirm your changes. "
                           "Nothing changes until you use it."))
+    if toggled and _held_back(after, choices):
+        messages.append(_("Anything you give or ask for is not sent yet: press “%(button)s” "
+                          "and we will email you a link to confirm it.",
+                          button=_("Save my choices")))
     if not messages:
         messages.append(_("Nothing changed."))
-    if htmx.wants_fragment():
-        return htmx.render("preferences/manage.html", "preferences/_form.html",
-                           messages=messages, **manage_context(token, page_for(contact)))
-    for message in messages:
-        flash(message)
-    return redirect(url_for("preferences.manage", token=token), code=303)
+    if after is None:
+        for message in messages:
+            flash(message)
+        return redirect(url_for("preferences.manage", token=token), code=303)
+    # After a toggle the form comes back as the contact left it: what it held back stays set.
+    context = manage_context(token, after, wanted=choices if toggled else None)
+    return htmx.render("preferences/manage.html", "preferences/_form.html",
+                       messages=messages, **context)
+
+
+def _toggled() -> bool:
+    """Say whether a withdrawal's control saved the form, rather than the contact's button.
+
+    htmx posts the form when a control of class "saves-at-once" changes. The button is named
+    "save", and both a browser's own submit (Enter included) and htmx 2's (it sends the button
+    last clicked or focused in the form) carry it. Only a fragment can keep the contact's
+    other choices set on the page, so a save without it is a toggle only when htmx asks for
+    one.
+    """
+    return htmx.wants_fragment() and "save" not in request.form
+
+
+def _held_back(page, choices: dict) -> bool:
+    """Say whether the contact ticked something to give or ask for that waits for the button.
+
+    A default's pre-ticked box is not the contact's doing, and a grant whose confirmation
+    link is already on its way is not sent again.
+    """
+    shown = page.positions()
+    return any(value and shown.get(key) is not True and key not in page.waiting
+               for key, value in choices.items())
 
 
 @bp.post("/p/<token>/leave/<slug>")
