@@ -1,5 +1,5 @@
-"""Web hardening for every page: security headers, trusted hosts, proxies, rate limits, and
-friendly error pages in the page's language."""
+"""Web hardening for every page: security headers, trusted hosts, proxies, rate limits, numbers
+read from requests, and friendly error pages in the page's language."""
 
 import hashlib
 from urllib.parse import urlsplit
@@ -43,6 +43,24 @@ def quietly_allowed_for(
     within_ip = quietly_allowed(per_ip, f"{scope}-ip", client_ip or "")
     within_address = quietly_allowed(per_address, f"{scope}-address", digest)
     return within_ip and within_address
+
+
+#: The largest value of PostgreSQL's ``integer``, the type of every id and version number.
+INTEGER_MAX = 2**31 - 1
+
+
+def whole_number(value: str | None, maximum: int = INTEGER_MAX) -> int | None:
+    """Return the number a request field spells in ASCII digits, or None if it spells none
+    from 0 to `maximum`.
+
+    ``str.isdigit()`` also accepts "²" and other digits that ``int()`` refuses, and a number
+    past the database's integer fails on insert: either would be a 500.
+    """
+    if not value or len(value) > len(str(maximum)) or not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= maximum else None
+
 
 # No inline script or style anywhere: htmx is told not to inject its indicator styles.
 CONTENT_SECURITY_POLICY = (

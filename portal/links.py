@@ -19,6 +19,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from portal.contacts import Contact
 from portal.db import db
+from portal.hardening import whole_number
 from portal.keys import LINK_PURPOSES
 from portal.keys import UnknownKey
 from portal.keys import keyset
@@ -131,14 +132,20 @@ def check_form_token(contact: Contact, value: str | None) -> None:
     Flask's fallback keys are accepted too, so rotating SECRET_KEY breaks no open form.
     """
     issued, _, mac = (value or "").partition(".")
-    if not issued.isdigit() or not mac:
+    # Seconds since 1970, with room past 2038: "²" or a thousand digits is no token, not a 500.
+    seconds = whole_number(issued, maximum=2**53)
+    if seconds is None or not mac:
         raise CSRFError("The CSRF token is missing.")
-    age = time.time() - int(issued)
+    age = time.time() - seconds
     limit = current_app.config.get("WTF_CSRF_TIME_LIMIT", 3600)
     if age < -CLOCK_SKEW_SECONDS or (limit is not None and age > limit):
         raise CSRFError("The CSRF token has expired.")
     secrets = [current_app.secret_key, *(current_app.config.get("SECRET_KEY_FALLBACKS") or ())]
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, a 500).
+    posted = mac.encode()
     if not any(
-        hmac.compare_digest(mac, _form_mac(secret, contact, issued)) for secret in secrets if secret
+        hmac.compare_digest(posted, _form_mac(secret, contact, issued).encode())
+        for secret in secrets
+        if secret
     ):
         raise CSRFError("The CSRF token is invalid.")

@@ -78,3 +78,63 @@ def test_a_dead_link_offers_the_fresh_link_form(browser):
     response = browser.get("/p/k1.tampered")
     assert response.status_code == 404
     assert 'action="/link"' in response.text
+
+
+# --- A form whose CSRF check fails: the form again, the address kept, nothing sent ------------
+
+RESEND = "Please review and resend"
+
+
+def mailed(smtp) -> list:
+    """Deliver the outbox; return what the test SMTP server received."""
+    outbox.work(once=True)
+    return list(smtp.messages)
+
+
+def resent(browser, page):
+    """Send the form of a page again, as it is shown."""
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    address = re.search(r'name="email"[^>]*value="([^"]*)"', page.text).group(1)
+    return browser.post("/link", data={"email": address, "csrf_token": token})
+
+
+@pytest.mark.parametrize("start", ["/", "/p/k1.tampered"])
+@pytest.mark.parametrize("fault", ["no cookie", "no token", "rotated key", "rotated with fallback"])
+def test_a_failed_csrf_check_keeps_the_address_and_sends_nothing(
+    app, browser, smtp, monkeypatch, start, fault
+):
+    contacts.add_contact("known@example.com", method="cli", actor="t")
+    db.session.commit()
+    page = browser.get(start)
+    assert 'action="/link"' in page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    data = {"email": "known@example.com", "csrf_token": token}
+    if fault == "no cookie":
+        browser.delete_cookie("session")
+    elif fault == "no token":
+        del data["csrf_token"]
+    else:
+        old = app.config["SECRET_KEY"]
+        monkeypatch.setitem(app.config, "SECRET_KEY", "a-new-secret-key-after-rotation")
+        if fault == "rotated with fallback":
+            monkeypatch.setitem(app.config, "SECRET_KEY_FALLBACKS", [old])
+
+    answers = {}
+    for address in ("unknown@example.com", "known@example.com"):
+        response = browser.post("/link", data={**data, "email": address})
+        assert response.status_code == 400
+        assert RESEND in response.text
+        assert f'value="{address}"' in response.text
+        assert 'aria-describedby="fresh-link-resubmit"' in response.text
+        answers[address] = re.sub(r'name="csrf_token" value="[^"]+"', "", response.text)
+    # The answer is the same for an address on file and one that is not, and sends nothing.
+    assert answers["known@example.com"] == answers["unknown@example.com"].replace(
+        "unknown@example.com", "known@example.com"
+    )
+    assert mailed(smtp) == []
+
+    # Sent again as that page shows it, the form works.
+    again = resent(browser, response)
+    assert again.status_code == 303
+    assert "Check your inbox" in browser.get(again.headers["Location"]).text
+    assert [m.rcpt_tos for m in mailed(smtp)] == [["known@example.com"]]

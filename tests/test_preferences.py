@@ -657,7 +657,8 @@ def test_bad_links_get_the_friendly_page_never_an_error(client, world, links, fa
                 assert "ada@example.com" not in response.text
         # The refusal is logged with a digest of the token, never the token itself.
         token = path.split("/", 2)[2]
-        if fault in ("tampered", "wrong purpose", "unknown key"):
+        # (A garbage path is percent-decoded before it is hashed, so its digest differs here.)
+        if fault != "garbage":
             assert hashlib.sha256(token.encode()).hexdigest()[:16] in caplog.text
         assert token not in caplog.text
     assert footprint(world.ada) == before

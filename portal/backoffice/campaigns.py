@@ -90,7 +90,7 @@ def campaigns_new():
     )
 
 
-@bp.route("/campaigns/<int:campaign_id>/edit", methods=["GET", "POST"])
+@bp.route("/campaigns/<int(max=2147483647):campaign_id>/edit", methods=["GET", "POST"])
 @role_required(*STAFF)
 def campaigns_edit(campaign_id: int):
     """Change a draft campaign."""
@@ -111,7 +111,7 @@ def campaigns_edit(campaign_id: int):
     )
 
 
-@bp.get("/campaigns/<int:campaign_id>")
+@bp.get("/campaigns/<int(max=2147483647):campaign_id>")
 @role_required(*STAFF)
 def campaigns_show(campaign_id: int):
     """Show a campaign and its live counts; htmx polls the counts while it is sending."""
@@ -136,7 +136,7 @@ def _preview_contact(campaign: campaigns.Campaign):
     return contact, None
 
 
-@bp.get("/campaigns/<int:campaign_id>/preview")
+@bp.get("/campaigns/<int(max=2147483647):campaign_id>/preview")
 @role_required(*STAFF)
 def campaigns_preview(campaign_id: int):
     """Show the message a chosen contact would receive."""
@@ -153,7 +153,7 @@ def campaigns_preview(campaign_id: int):
     )
 
 
-@bp.get("/campaigns/<int:campaign_id>/preview/html")
+@bp.get("/campaigns/<int(max=2147483647):campaign_id>/preview/html")
 @role_required(*STAFF)
 def campaigns_preview_html(campaign_id: int):
     """Serve the previewed HTML part, sandboxed, for the frame on the preview page."""
@@ -164,7 +164,7 @@ def campaigns_preview_html(campaign_id: int):
     return framed(campaigns.render(campaign, contact)[2], MAIL_FRAME_POLICY)
 
 
-@bp.route("/campaigns/<int:campaign_id>/send", methods=["GET", "POST"])
+@bp.route("/campaigns/<int(max=2147483647):campaign_id>/send", methods=["GET", "POST"])
 @role_required(*STAFF)
 def campaigns_send(campaign_id: int):
     """Ask to confirm sending a draft (GET); send it (POST)."""

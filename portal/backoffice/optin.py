@@ -22,6 +22,7 @@ from portal.backoffice import staff_actor
 from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.db import db
+from portal.hardening import whole_number
 from portal.ledger import Evidence
 from portal.lists import MailingList
 
@@ -134,8 +135,8 @@ def doi_lists():
 @role_required(*STAFF)
 def doi_start():
     """Start the job that sends the double opt-in email to every member of a list."""
-    chosen = request.form.get("list_id", "")
-    mailing_list = db.session.get(MailingList, int(chosen)) if chosen.isdigit() else None
+    chosen = whole_number(request.form.get("list_id"))
+    mailing_list = None if chosen is None else db.session.get(MailingList, chosen)
     if mailing_list is None:
         return _render_lists(error=_("Choose one of the lists."))
     job = doi.start_list_job(mailing_list, actor=staff_actor())

@@ -32,6 +32,7 @@ from portal.contacts import OptIn
 from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
 from portal.db import reading_only_from_here
+from portal.hardening import whole_number
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
@@ -95,14 +96,19 @@ def bad_link(error: BadLink):
     return template, 410 if error.expired else 404
 
 
+def refused(purpose: str, token: str, reason: str, *, expired: bool = False) -> BadLink:
+    """Log a refused link by a digest of its token, never the token; return the BadLink."""
+    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+    log.info("refused %s link %s: %s", purpose, digest, reason)
+    return BadLink(expired=expired)
+
+
 def _contact_from(purpose: str, token: str):
     """Return the contact and payload of a link, or raise BadLink (logging a digest only)."""
     try:
         contact, payload = read_token(purpose, token)
     except TokenInvalid as error:
-        digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-        log.info("refused %s link %s: %s", purpose, digest, error)
-        raise BadLink(expired=isinstance(error, TokenExpired)) from None
+        raise refused(purpose, token, str(error), expired=isinstance(error, TokenExpired)) from None
     g.contact_language = contact.language
     return contact, payload
 
@@ -134,8 +140,10 @@ def _submitted(page) -> tuple[dict, dict]:
         answer = form.get(f"consent:{slug}")
         if answer in ("yes", "no"):
             choices[(CONSENT, slug)] = answer == "yes"
-        shown = form.get(f"version:{slug}", "")
-        versions[slug] = int(shown) if shown.isdigit() else choice.version.number
+        # A version the form does not spell as a number is unknown, as if missing: the text
+        # shown is then taken to be the one this page shows now, its current version.
+        shown = whole_number(form.get(f"version:{slug}"))
+        versions[slug] = choice.version.number if shown is None else shown
     # Stopping processing and erasure are one-way from here: lifting them is for staff.
     if page.full and form.get("stop_processing") == "on":
         choices[(RESTRICTION, "")] = True
@@ -145,8 +153,8 @@ def _submitted(page) -> tuple[dict, dict]:
 
 
 def _shown_rule_version() -> int | None:
-    shown = request.form.get("rule_version", "")
-    return int(shown) if shown.isdigit() else None
+    # None (unreadable or missing) records the rules' current version (changes.submit).
+    return whole_number(request.form.get("rule_version"))
 
 
 @bp.get("/")
@@ -280,7 +288,7 @@ def confirm_page(token: str):
     contact, payload = _contact_from("confirm", token)
     change = changes.pending_of(contact, str(payload.get("p", "")))
     if change is None:
-        raise BadLink(expired=False)
+        raise refused("confirm", token, "it names no pending change of its contact")
     page = page_for(contact)
     return render_template("preferences/confirm.html", token=token, change=change, contact=contact,
                            items=changes.describe(page, change.changes()))
@@ -293,7 +301,7 @@ def confirm(token: str):
     contact, payload = _posted_contact("confirm", token)
     status, change = changes.confirm(contact, str(payload.get("p", "")), evidence=_evidence())
     if status == "unknown":
-        raise BadLink(expired=False)
+        raise refused("confirm", token, "it names no pending change of its contact")
     db.session.commit()
     reading_only_from_here()
     return render_template("preferences/confirmed.html", status=status,
@@ -306,7 +314,7 @@ def undo_page(token: str):
     contact, payload = _contact_from("undo", token)
     record = changes.undo_of(contact, str(payload.get("u", "")))
     if record is None:
-        raise BadLink(expired=False)
+        raise refused("undo", token, "it names no withdrawal of its contact")
     page = page_for(contact)
     return render_template("preferences/undo.html", token=token, record=record, contact=contact,
                            items=changes.describe(page, record.changes()))
@@ -319,7 +327,7 @@ def undo(token: str):
     contact, payload = _posted_contact("undo", token)
     status, _record = changes.undo(contact, str(payload.get("u", "")), evidence=_evidence())
     if status == "unknown":
-        raise BadLink(expired=False)
+        raise refused("undo", token, "it names no withdrawal of its contact")
     db.session.commit()
     reading_only_from_here()
     return render_template("preferences/undone.html", status=status,

@@ -12,19 +12,19 @@ from portal.db import db
 from portal.db import reading_only_from_here
 from portal.links import check_form_token
 from portal.links import make_token
-from portal.preferences import BadLink
 from portal.preferences import _contact_from
 from portal.preferences import _evidence
 from portal.preferences import bp
+from portal.preferences import refused
 
 
 def _request_for(token: str):
     contact, payload = _contact_from("doi", token)
     doi_request = doi.request_of(contact, str(payload.get("d", "")))
     if doi_request is None:
-        raise BadLink(expired=False)
+        raise refused("doi", token, "it names no double opt-in request of its contact")
     if doi_request.status == "expired":
-        raise BadLink(expired=True)
+        raise refused("doi", token, "its double opt-in request has expired", expired=True)
     return contact, doi_request
 
 
@@ -45,7 +45,8 @@ def doi_confirm(token: str):
     check_form_token(contact, request.form.get("csrf_token"))
     status, _row = doi.confirm(contact, doi_request.public_id, evidence=_evidence())
     if status in ("unknown", "expired"):
-        raise BadLink(expired=status == "expired")
+        raise refused("doi", token, f"its double opt-in request is {status}",
+                      expired=status == "expired")
     db.session.commit()
     reading_only_from_here()
     return render_template(

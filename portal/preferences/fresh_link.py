@@ -11,12 +11,14 @@ from flask import url_for
 from flask_babel import force_locale
 from flask_babel import gettext as _
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError
 from wtforms import EmailField
 from wtforms.validators import DataRequired
 from wtforms.validators import Length
 from wtforms.validators import ValidationError
 
 from portal import contacts
+from portal import csrf
 from portal import outbox
 from portal import suppression
 from portal.db import db
@@ -64,9 +66,17 @@ def send_fresh_link(address: str, client_ip: str) -> None:
 
 
 @bp.post("/link")
+@csrf.exempt  # checked below, so that a failed check keeps the typed address
 def fresh_link():
     """Email a fresh link if the address is on file; answer the same in every case."""
     form = FreshLinkForm()
+    try:
+        csrf.protect()
+    except CSRFError:
+        # No session cookie, a missing token, an old page or a rotated key: the form again, the
+        # address kept, nothing sent. Nothing here depends on the address, so this answer
+        # tells nobody whether it is on file.
+        return render_template("preferences/fresh_link.html", form=form, resubmit=True), 400
     if not form.validate_on_submit():
         return render_template("preferences/fresh_link.html", form=form), 200
     send_fresh_link(form.email.data, request.remote_addr)

@@ -24,6 +24,7 @@ from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.contacts import field_definition
 from portal.db import db
+from portal.hardening import whole_number
 from portal.optin import STATUS_WORDS
 
 
@@ -94,7 +95,8 @@ def contact_edit(public_id: str):
 
 
 def _version(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else -1
+    number = whole_number(value)
+    return -1 if number is None else number
 
 
 @bp.post("/contacts/<public_id>/edit")
