@@ -168,9 +168,15 @@ def headers(contact: Contact, mailing_list: lists.MailingList) -> dict[str, str]
 
 
 def unsubscribe(
-    contact: Contact, mailing_list: lists.MailingList, *, evidence: Evidence | None = None
+    contact: Contact,
+    mailing_list: lists.MailingList,
+    *,
+    evidence: Evidence | None = None,
+    method: str = METHOD,
 ) -> bool:
     """Take the contact off this list only, at once; return whether anything changed.
+
+    `method` is how the request came, for the ledger: the one-click POST, or a mailto reply.
 
     Leaving cancels the pending grants of the same list (a page's confirmation link, a
     web-form sign-up awaiting its double opt-in), so an old link cannot undo this "no" (R5).
@@ -186,7 +192,7 @@ def unsubscribe(
         contact,
         mailing_list,
         False,
-        method=METHOD,
+        method=method,
         actor="contact",
         evidence_ref=f"list:{mailing_list.slug}",
         evidence=evidence,

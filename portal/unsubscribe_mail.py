@@ -32,6 +32,9 @@ from portal.db import db
 from portal.ledger import Evidence
 from portal.links import TokenInvalid
 
+#: The ledger's method for a list left by a mailto reply (the one-click POST's is "one_click").
+METHOD = "mailto"
+
 log = logging.getLogger(__name__)
 
 #: sysexits.h: a temporary failure; Postfix, Exim and sendmail keep the message and retry.
@@ -106,7 +109,7 @@ def candidates(message: Message) -> list[str]:
 
 
 def _evidence(message: Message) -> Evidence:
-    """Return how the request came: "mailto", and the sender's mail program if it says."""
+    """Return the evidence of a mailto request: the sender's mail program, if it says."""
     client = ""
     for name in ("User-Agent", "X-Mailer"):
         try:
@@ -116,7 +119,7 @@ def _evidence(message: Message) -> Evidence:
         if client:
             break
     client = " ".join("".join(c for c in client if c.isprintable()).split())[:200]
-    return Evidence(user_agent=f"mailto ({client})" if client else "mailto")
+    return Evidence(user_agent=client or None)
 
 
 def parse(raw: bytes) -> Message:
@@ -141,7 +144,9 @@ def handle(raw: bytes) -> Outcome:
             contact, mailing_list = unsubscribe.read_token(token)
         except TokenInvalid:
             continue
-        changed = unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence(message))
+        changed = unsubscribe.unsubscribe(
+            contact, mailing_list, evidence=_evidence(message), method=METHOD
+        )
         return Outcome.UNSUBSCRIBED if changed else Outcome.UNCHANGED
     log.info("refused unsubscribe mail: tokens %s", ", ".join(digest(t) for t in tokens))
     return Outcome.INVALID

@@ -85,9 +85,9 @@ def test_a_plain_subject_leaves_that_list_only_and_the_ledger_says_how(app, runn
     assert "unsubscribed" in result.output
     assert left(contact, news, offers)
     [event] = [e for e in ledger.history(contact.public_id) if e.value_to == "unsubscribed"]
-    assert (event.subject_ref, event.actor) == ("news", "contact")
+    assert (event.subject_ref, event.actor, event.method) == ("news", "contact", "mailto")
     evidence = db.session.get(ledger.LedgerEvidence, event.id)
-    assert evidence.user_agent == "mailto (Mailer/1.0)"
+    assert evidence.user_agent == "Mailer/1.0"
     assert evidence.ip_address is None
 
     again = pipe(runner, reply(f"unsubscribe {token}"))

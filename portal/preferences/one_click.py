@@ -9,9 +9,6 @@ old body link) lands on a page with one button that leaves that list, and shows 
 of the contact (M7: the token can do nothing but unsubscribe).
 """
 
-import hashlib
-import logging
-
 from flask import g
 from flask import redirect
 from flask import render_template
@@ -23,17 +20,9 @@ from portal import unsubscribe
 from portal.db import db
 from portal.links import TokenInvalid
 from portal.links import make_token
-from portal.preferences import BadLink
 from portal.preferences import _evidence
 from portal.preferences import bp
-
-log = logging.getLogger(__name__)
-
-
-def _refused(token: str, error: TokenInvalid):
-    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-    log.info("refused unsubscribe link %s: %s", digest, error)
-    return BadLink(expired=False)
+from portal.preferences import refused
 
 
 def _named_by(token: str):
@@ -41,7 +30,7 @@ def _named_by(token: str):
     try:
         contact, mailing_list = unsubscribe.read_token(token)
     except TokenInvalid as error:
-        raise _refused(token, error) from None
+        raise refused("unsubscribe", token, str(error)) from None
     g.contact_language = contact.language
     return contact, mailing_list
 
@@ -52,7 +41,7 @@ def unsubscribe_page(token: str):
     try:
         contact, mailing_list, opens_page = unsubscribe.read_landing(token)
     except TokenInvalid as error:
-        raise _refused(token, error) from None
+        raise refused("unsubscribe", token, str(error)) from None
     g.contact_language = contact.language
     if opens_page:
         # The body link outlives a page link's age: a fresh page link is made here.
