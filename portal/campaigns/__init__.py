@@ -1,7 +1,7 @@
 """Campaigns (M4, M7, N4): staff write a message for a mailing list and send it as a job.
 
 This module holds the campaign and its drafts; `content` checks and renders what it says,
-`sending` selects its audience and queues its messages.
+`audience` selects who receives it, `sending` queues its messages.
 """
 
 from datetime import datetime
@@ -12,10 +12,12 @@ from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
 from portal import jobs
+from portal import rules
 from portal.campaigns import content
 from portal.campaigns.content import MAX_SUBJECT_LENGTH
 from portal.campaigns.content import PLACEHOLDERS
 from portal.campaigns.content import CampaignError
+from portal.campaigns.content import RenderError
 from portal.campaigns.content import render
 from portal.contacts import Contact
 from portal.contacts import InvalidEmail
@@ -24,7 +26,7 @@ from portal.db import db
 from portal.db import utcnow
 from portal.lists import MailingList
 
-__all__ = ["PLACEHOLDERS", "Campaign", "CampaignError", "render"]
+__all__ = ["PLACEHOLDERS", "Campaign", "CampaignError", "RenderError", "render"]
 
 STATUSES = ("draft", "sending", "sent")
 
@@ -38,6 +40,8 @@ class Campaign(db.Model):
     text_body: Mapped[str] = mapped_column(sa.Text)
     html_body: Mapped[str] = mapped_column(sa.Text, default="")
     list_id: Mapped[int] = mapped_column(sa.ForeignKey("mailing_lists.id"))
+    # Who among the list's members receives it (rules.py format); None: all the policy admits.
+    audience_rule: Mapped[dict | None] = mapped_column(sa.JSON)
     status: Mapped[str] = mapped_column(sa.String(10), default="draft")
     created_by: Mapped[str] = mapped_column(sa.String(60))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -45,6 +49,9 @@ class Campaign(db.Model):
     # The job that queues the messages, once sending began.
     job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id"))
     sent_at: Mapped[datetime | None]
+    # Counted in SQL when sending began: {"audience": n, "left_out": {reason: n}} (see
+    # sending.audience_breakdown). Kept, so the page says what happened then, not since.
+    audience_at_start: Mapped[dict | None] = mapped_column(sa.JSON)
 
     mailing_list: Mapped[MailingList] = relationship()
     job: Mapped[jobs.Job | None] = relationship()
@@ -54,24 +61,45 @@ class Campaign(db.Model):
         return self.status == "draft"
 
 
-def check(*, subject: str, text_body: str, html_body: str, list_id) -> MailingList:
-    """Raise CampaignError, naming the field, unless a campaign like this can be sent."""
+def check(
+    *, subject: str, text_body: str, html_body: str, list_id, audience_rule: dict | None = None
+) -> dict | None:
+    """Return the audience rule in normal form, or raise CampaignError naming the field,
+    unless a campaign like this can be sent."""
     content.check(subject, text_body, html_body)
     mailing_list = db.session.get(MailingList, list_id) if isinstance(list_id, int) else None
     if mailing_list is None:
         raise CampaignError("choose one of the mailing lists", "list_id")
-    return mailing_list
+    try:
+        return rules.validate(audience_rule)
+    except rules.RuleError as error:
+        raise CampaignError(str(error), "audience") from None
 
 
-def create(*, subject: str, text_body: str, html_body: str, list_id: int, author: str) -> Campaign:
+def create(
+    *,
+    subject: str,
+    text_body: str,
+    html_body: str,
+    list_id: int,
+    author: str,
+    audience_rule: dict | None = None,
+) -> Campaign:
     """Create a draft campaign, or raise CampaignError naming the field that is wrong."""
     html_body = html_body or ""
-    check(subject=subject, text_body=text_body, html_body=html_body, list_id=list_id)
+    audience_rule = check(
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        list_id=list_id,
+        audience_rule=audience_rule,
+    )
     campaign = Campaign(
         subject=subject,
         text_body=text_body,
         html_body=html_body,
         list_id=list_id,
+        audience_rule=audience_rule,
         created_by=author,
     )
     db.session.add(campaign)
@@ -80,15 +108,27 @@ def create(*, subject: str, text_body: str, html_body: str, list_id: int, author
 
 
 def update(
-    campaign: Campaign, *, subject: str, text_body: str, html_body: str, list_id: int
+    campaign: Campaign,
+    *,
+    subject: str,
+    text_body: str,
+    html_body: str,
+    list_id: int,
+    audience_rule: dict | None = None,
 ) -> Campaign:
     """Change a draft, or raise CampaignError (a campaign being sent is not edited)."""
     if not campaign.editable:
         raise CampaignError("this campaign is no longer a draft: it cannot be changed")
     html_body = html_body or ""
-    check(subject=subject, text_body=text_body, html_body=html_body, list_id=list_id)
+    audience_rule = check(
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        list_id=list_id,
+        audience_rule=audience_rule,
+    )
     campaign.subject, campaign.text_body, campaign.html_body = subject, text_body, html_body
-    campaign.list_id = list_id
+    campaign.list_id, campaign.audience_rule = list_id, audience_rule
     campaign.updated_at = utcnow()
     db.session.flush()
     return campaign
@@ -141,8 +181,10 @@ def ensure_demo_draft(list_slug: str, *, author: str) -> Campaign | None:
 
 
 # The sending half needs the model above; importing it here registers the job kind.
+from portal.campaigns.audience import LEFT_OUT  # noqa: E402,F401
+from portal.campaigns.audience import audience_breakdown  # noqa: E402,F401
+from portal.campaigns.audience import audience_conditions  # noqa: E402,F401
+from portal.campaigns.audience import audience_count  # noqa: E402,F401
 from portal.campaigns.sending import SEND  # noqa: E402,F401
-from portal.campaigns.sending import audience_conditions  # noqa: E402,F401
-from portal.campaigns.sending import audience_count  # noqa: E402,F401
 from portal.campaigns.sending import counts  # noqa: E402,F401
 from portal.campaigns.sending import send  # noqa: E402,F401

@@ -31,8 +31,11 @@ PLACEHOLDERS = {
     "fields": "custom fields by name, sensitive ones masked, e.g. {{ fields.sales_stage }}",
     "unsubscribe_url": "the link that leaves this list (it opens the preference page)",
 }
-#: What a trial render at save time fills the placeholders with.
+#: What the trial renders at save time fill the placeholders with: sample values, then the
+#: empty ones of a contact who gave nothing but an address (a template that divides by
+#: `first_name|length` passes the first and fails the second).
 SAMPLE = {name: "sample" for name in PLACEHOLDERS} | {"fields": {}}
+EMPTY = {name: "" for name in PLACEHOLDERS} | {"fields": {}}
 
 
 class CampaignError(ValueError):
@@ -41,6 +44,14 @@ class CampaignError(ValueError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+class RenderError(CampaignError):
+    """A template failed for one contact's values; `kind` names the error, never a value."""
+
+    def __init__(self, error: Exception, field: str):
+        super().__init__(str(error) or type(error).__name__, field)
+        self.kind = type(error).__name__
 
 
 # Two sandboxes: the text part is not HTML, the HTML part escapes every value it inserts.
@@ -61,13 +72,39 @@ def parse(environment: SandboxedEnvironment, source: str, field: str) -> set[str
         raise CampaignError(
             f"unknown placeholder {unknown[0]!r}; use {', '.join(sorted(PLACEHOLDERS))}", field
         )
-    try:
-        # A trial render catches what only rendering finds, such as the sandbox refusing
-        # `{{ name.__class__ }}`, before anyone is sent anything.
-        environment.from_string(source).render(SAMPLE)
-    except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError) as error:
-        raise CampaignError(f"the template cannot be rendered: {error}", field) from None
     return names
+
+
+def _try_render(environment: SandboxedEnvironment, source: str, field: str) -> None:
+    """Raise CampaignError unless the template renders with sample values and with empty ones.
+
+    This catches what only rendering finds, such as the sandbox refusing
+    `{{ name.__class__ }}`, before anyone is sent anything. Values no trial can foresee are
+    still possible: a failure then is that one contact's (see `render`).
+    """
+    template = environment.from_string(source)
+    try:
+        _render(template, SAMPLE, field)
+    except RenderError as error:
+        raise CampaignError(f"the template cannot be rendered: {error}", field) from None
+    try:
+        _render(template, EMPTY, field)
+    except RenderError as error:
+        raise CampaignError(
+            "the template cannot be rendered for a contact whose values are empty "
+            f"(no first name, say): {error}",
+            field,
+        ) from None
+
+
+def _render(template: jinja2.Template, context: dict, field: str) -> str:
+    try:
+        return template.render(context)
+    except Exception as error:
+        # The template is staff-written code run in the sandbox with plain strings: whatever
+        # it raises (ZeroDivisionError, a SecurityError, RecursionError...) is this render
+        # failing, never the caller's bug, and must not stop a campaign or break a page.
+        raise RenderError(error, field) from error
 
 
 def check(subject: str, text_body: str, html_body: str) -> None:
@@ -92,6 +129,8 @@ def check(subject: str, text_body: str, html_body: str) -> None:
         )
     parse(_TEXT, text_body, "text_body")
     parse(_HTML, html_body, "html_body")
+    _try_render(_TEXT, text_body, "text_body")
+    _try_render(_HTML, html_body, "html_body")
 
 
 def _templates(campaign):
@@ -132,7 +171,8 @@ def _context(campaign, contact: Contact, names: frozenset[str]) -> dict:
 def render(
     campaign, contact: Contact, footer_source: str | None = None, *, track: bool = False
 ) -> tuple[str, str, str | None]:
-    """Return the subject, text and HTML a contact would receive, footer included.
+    """Return the subject, text and HTML a contact would receive, footer included; raise
+    RenderError if a template fails for this contact's values.
 
     `footer_source` is the footer setting, if the caller read the settings already. `track`
     (for a contact who granted tracking, when the message is queued) sends the HTML part's web
@@ -140,8 +180,10 @@ def render(
     """
     text_template, html_template, names = _templates(campaign)
     context = _context(campaign, contact, names)
-    text = text_template.render(context)
-    html = settings.sanitize_html(html_template.render(context)) if html_template else None
+    text = _render(text_template, context, "text_body")
+    html = None
+    if html_template is not None:
+        html = settings.sanitize_html(_render(html_template, context, "html_body"))
     if html is not None and track:
         html = tracking.instrument(html, contact, campaign.id)
     text, html = footer.add_footer(text, html, contact, footer_source)

@@ -1,17 +1,20 @@
-"""Sending a campaign: its audience in SQL, and the job that queues one message per recipient.
+"""Sending a campaign: the job that queues one message per recipient of its audience.
 
-The audience is the list's subscribed members whose opt-in status the campaign policy admits,
-and whose processing is not stopped or erased. The job walks them in contact-id order, in
-chunks, and queues one outbox message each; each chunk is committed together with the job's
-cursor, so a job interrupted anywhere resumes after the last queued chunk, and a unique
-constraint on (campaign, contact) in the outbox backs that up. The outbox asks the gate again
-at hand-off (R4): a contact who opts out while the campaign is sending receives nothing more.
+The job walks the audience (see `audience`) in contact-id order, in chunks, and queues one
+outbox message each; each chunk is committed together with the job's cursor, so a job
+interrupted anywhere resumes after the last queued chunk, and a unique constraint on
+(campaign, contact) in the outbox backs that up. The outbox asks the gate again at hand-off
+(R4): a contact who opts out while the campaign is sending receives nothing more.
+
+A message that cannot be made for one contact (a template failing on their values, an
+address SMTP cannot carry) is kept in the outbox as failed, with the reason: it counts on the
+campaign's page, the campaign goes on, and a resumed job does not try it again.
 """
 
 import logging
 
-import jinja2
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import selectinload
 
 from portal import gate
@@ -24,6 +27,9 @@ from portal import unsubscribe
 from portal.campaigns import Campaign
 from portal.campaigns import CampaignError
 from portal.campaigns import check
+from portal.campaigns.audience import audience_breakdown
+from portal.campaigns.audience import audience_conditions
+from portal.campaigns.audience import audience_count
 from portal.campaigns.content import render
 from portal.contacts import Contact
 from portal.contacts import FieldValue
@@ -31,42 +37,15 @@ from portal.db import db
 from portal.db import utcnow
 from portal.lists import Subscription
 from portal.mail import MessageRejected
+from portal.mail import new_message_id
 
 log = logging.getLogger(__name__)
 
 #: Recipients per job item: queued together and committed with the job's cursor.
 CHUNK = 50
-
-
-def audience_conditions(list_id: int, policy: str) -> list[sa.ColumnElement[bool]]:
-    """Return the SQL conditions of a campaign's audience (a join of contacts and subscriptions).
-
-    A plain IN on the status column, not a rules.where_clause: the statuses are exact values of
-    a checked column, and the bare comparison lets the database use it as it is.
-    """
-    statuses = sorted(status.value for status in gate.POLICY_STATUSES[policy])
-    return [
-        Subscription.contact_id == Contact.id,
-        Subscription.list_id == list_id,
-        Subscription.status == "subscribed",
-        Contact.opt_in_status.in_(statuses),
-        Contact.processing_stopped_at.is_(None),
-        Contact.erasure_requested_at.is_(None),
-        Contact.erased_at.is_(None),
-        Contact.email.is_not(None),
-    ]
-
-
-def audience_count(list_id: int, policy: str | None = None) -> int:
-    """Return how many contacts a campaign to this list would go to under the policy."""
-    policy = policy or settings.values()["campaign_policy"]
-    statement = (
-        sa.select(sa.func.count())
-        .select_from(Contact)
-        .join(Subscription, sa.true())
-        .where(*audience_conditions(list_id, policy))
-    )
-    return db.session.scalar(statement)
+#: The outbox reasons of a message that could not be made for its contact.
+NOT_RENDERED = "could not be rendered"
+NOT_QUEUED = "could not be queued"
 
 
 def send(campaign: Campaign, *, author: str) -> jobs.Job:
@@ -78,18 +57,23 @@ def send(campaign: Campaign, *, author: str) -> jobs.Job:
         text_body=campaign.text_body,
         html_body=campaign.html_body,
         list_id=campaign.list_id,
+        audience_rule=campaign.audience_rule,
     )
     # The policy in force now fixes the audience; the gate applies the current one at hand-off.
-    params = {"campaign_id": campaign.id, "policy": settings.values()["campaign_policy"]}
-    job = jobs.start(SEND.name, params, created_by=author)
+    policy = settings.values()["campaign_policy"]
+    job = jobs.start(SEND.name, {"campaign_id": campaign.id, "policy": policy}, created_by=author)
     campaign.status, campaign.job_id = "sending", job.id
+    # Who is left out, and why, as it stands now: the page keeps showing it once contacts move on.
+    campaign.audience_at_start = audience_breakdown(
+        campaign.list_id, policy, campaign.audience_rule
+    )
     db.session.flush()
     return job
 
 
 def _count(params: dict) -> int:
     campaign = db.session.get(Campaign, params["campaign_id"])
-    return -(-audience_count(campaign.list_id, params["policy"]) // CHUNK)
+    return -(-audience_count(campaign.list_id, params["policy"], campaign.audience_rule) // CHUNK)
 
 
 def _items_after(params: dict, after: int, limit: int):
@@ -98,7 +82,10 @@ def _items_after(params: dict, after: int, limit: int):
     statement = (
         sa.select(Contact.id)
         .join(Subscription, sa.true())
-        .where(*audience_conditions(campaign.list_id, params["policy"]), Contact.id > after)
+        .where(
+            *audience_conditions(campaign.list_id, params["policy"], campaign.audience_rule),
+            Contact.id > after,
+        )
         .order_by(Contact.id)
         .limit(limit * CHUNK)
     )
@@ -120,7 +107,10 @@ def _process(params: dict, ids: list[int]) -> str | None:
     found = db.session.execute(
         sa.select(Contact, Subscription)
         .join(Subscription, sa.true())
-        .where(*audience_conditions(campaign.list_id, params["policy"]), Contact.id.in_(ids))
+        .where(
+            *audience_conditions(campaign.list_id, params["policy"], campaign.audience_rule),
+            Contact.id.in_(ids),
+        )
         .options(selectinload(Contact.values).selectinload(FieldValue.field))
         .order_by(Contact.id)
     ).all()
@@ -160,18 +150,47 @@ def _process(params: dict, ids: list[int]) -> str | None:
                 suppressed=contact.email in suppressed,
                 flush=False,
             )
-        except (MessageRejected, jinja2.TemplateError) as error:
-            # One contact's values must not stop the campaign; logged by id, never address.
+        except CampaignError as error:
+            # One contact's values must not stop the campaign. Logged by id and error type:
+            # the error's text may quote the contact's values.
+            kind = getattr(error, "kind", type(error).__name__)
+            log.warning(
+                "campaign %s: contact %s could not be rendered: %s", campaign.id, contact.id, kind
+            )
+            _failed(campaign, contact, f"{NOT_RENDERED}: {kind}")
+            outcome = f"failed for some: {NOT_RENDERED}"
+        except MessageRejected as error:
             log.warning(
                 "campaign %s: nothing queued for contact %s: %s",
                 campaign.id,
                 contact.id,
                 type(error).__name__,
             )
-            outcome = f"not queued for some: {error}"[:120]
+            _failed(campaign, contact, f"{NOT_QUEUED}: {error}")
+            outcome = f"failed for some: {NOT_QUEUED}"
     # The chunk's messages in one flush (one INSERT on PostgreSQL), not a flush a message.
     db.session.flush()
     return outcome
+
+
+def _failed(campaign: Campaign, contact: Contact, reason: str) -> None:
+    """Keep a message that could not be made as failed: counted, and never tried again."""
+    db.session.add(
+        outbox.OutboxMessage(
+            message_id=new_message_id(),
+            category=gate.Category.CAMPAIGN.value,
+            recipient=contact.email[:254],
+            sender=current_app.config["MAIL_DEFAULT_SENDER"],
+            subject=campaign.subject,
+            text_body="",
+            contact_id=contact.id,
+            list_id=campaign.list_id,
+            campaign_id=campaign.id,
+            status="failed",
+            reason=reason[:500],
+            created_at=utcnow(),
+        )
+    )
 
 
 SEND = jobs.register(
@@ -186,15 +205,16 @@ SEND = jobs.register(
 
 
 def counts(campaign: Campaign) -> dict:
-    """Return the campaign's messages by outcome: queued, sent, failed, skipped by reason; and
-    how many recipients opened it and clicked in it, of those who allow tracking (P6)."""
+    """Return the campaign's messages by outcome: queued, sent, failed and skipped, these two by
+    reason; and how many recipients opened it and clicked in it, of those who allow tracking
+    (P6). A failure's reason is NOT_RENDERED, NOT_QUEUED or "delivery" (see the outbox)."""
     statement = (
         sa.select(outbox.OutboxMessage.status, outbox.OutboxMessage.reason, sa.func.count())
         .where(outbox.OutboxMessage.campaign_id == campaign.id)
         .group_by(outbox.OutboxMessage.status, outbox.OutboxMessage.reason)
     )
     result = {"queued": 0, "sent": 0, "failed": 0, "skipped": 0, "reasons": {},
-              **tracking.campaign_counts(campaign.id)}
+              "failures": {}, **tracking.campaign_counts(campaign.id)}
     for status, reason, number in db.session.execute(statement):
         if status in ("queued", "sending"):
             result["queued"] += number
@@ -203,6 +223,11 @@ def counts(campaign: Campaign) -> dict:
             explanation = (reason or "").partition(": ")[2] or reason or ""
             result["skipped"] += number
             result["reasons"][explanation] = result["reasons"].get(explanation, 0) + number
+        elif status == "failed":
+            cause = (reason or "").partition(": ")[0]
+            cause = cause if cause in (NOT_RENDERED, NOT_QUEUED) else "delivery"
+            result["failed"] += number
+            result["failures"][cause] = result["failures"].get(cause, 0) + number
         else:
             result[status] += number
     return result
