@@ -4,6 +4,7 @@ A job walks its items in the order of an integer key. Each item's effect, the jo
 its progress are committed in one transaction, so a worker killed halfway leaves a job that the
 next worker resumes after the last committed item: no item is done twice, none is skipped.
 A claimed job carries a lease; a job whose worker died is claimed again when the lease ends.
+A job that failed keeps its cursor: resumed, it goes on after the last committed item.
 """
 
 import logging
@@ -152,7 +153,7 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
     except Exception as error:  # a job must end visibly, whatever its kind raised
         db.session.rollback()
         job = db.session.get(Job, job_id)
-        job.status, job.error = "failed", f"{type(error).__name__}: {error}"[:500]
+        job.status, job.error = "failed", describe(error)
         job.finished_at, job.lease_until = utcnow(), None
         db.session.commit()
         log.exception("job %s failed", job_id)
@@ -160,6 +161,28 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
     job.status, job.finished_at, job.lease_until = "done", utcnow(), None
     job.total = max(job.total, job.done)
     db.session.commit()
+    return job
+
+
+def describe(error: Exception) -> str:
+    """Say in plain words what stopped a job: the kind of error, never its text, which may quote
+    what the job was handling (a database error quotes its statement and values)."""
+    if isinstance(error, sa.exc.DBAPIError):
+        what = f"the database failed or could not be reached ({type(error.orig or error).__name__})"
+    elif isinstance(error, sa.exc.SQLAlchemyError):
+        what = f"the database layer failed ({type(error).__name__})"
+    else:
+        what = f"an unexpected error ({type(error).__name__})"
+    return f"{what}; the server log has the details"
+
+
+def resume(job: Job) -> Job:
+    """Queue a failed job again, to go on after its last committed item; raise JobError unless
+    it failed."""
+    if job.status != "failed":
+        raise JobError(f"job {job.id} has not failed: there is nothing to resume")
+    job.status, job.error, job.finished_at, job.lease_until = "queued", None, None, None
+    db.session.flush()
     return job
 
 

@@ -16,6 +16,7 @@ from portal import jobs
 from portal import lists
 from portal import outbox
 from portal import settings
+from portal import suppression
 from portal.campaigns import sending
 from portal.contacts import OptIn
 from portal.db import db
@@ -289,6 +290,166 @@ def test_a_job_killed_mid_way_resumes_without_a_second_copy(app, newsletter, smt
     assert len(smtp.messages) == 5
     assert db.session.get(jobs.Job, job.id).outcomes["already queued"] == 5
     assert outbox_rows() == 5
+
+
+# A send job that fails (issue 5, faults): the page says so, and staff resume it.
+
+
+def send_from_the_back_office(agent_client, campaign) -> str:
+    url = f"/staff/campaigns/{campaign.id}"
+    confirm = agent_client.get(url + "/send")
+    assert agent_client.post(
+        url + "/send", data={"csrf_token": csrf_token(confirm.text)}
+    ).status_code == 303
+    return url
+
+
+def press_resume(agent_client, url):
+    """Press the page's Resume sending button; return the page it leads to."""
+    page = agent_client.get(url)
+    answer = agent_client.post(url + "/resume", data={"csrf_token": csrf_token(page.text)})
+    assert answer.status_code == 303 and answer.headers["Location"].endswith(url)
+    return agent_client.get(url)
+
+
+def test_a_failed_send_job_is_resumed_from_the_campaign_page_without_a_second_copy(
+    agent_client, newsletter, smtp, monkeypatch
+):
+    import psycopg
+
+    monkeypatch.setattr(sending, "CHUNK", 2)  # seven recipients: four job items
+    people = [add(f"r{number}@example.test", OptIn.DOUBLE, newsletter) for number in range(7)]
+    db.session.commit()
+    campaign = draft(newsletter)
+    url = send_from_the_back_office(agent_client, campaign)
+
+    # The database connection drops while the third chunk is being queued. Its error quotes
+    # the statement's values, as a real one does: a recipient's address.
+    looked_up = []
+    real = suppression.suppressed_among
+
+    def drops_on_the_third_chunk(addresses):
+        looked_up.append(addresses)
+        if len(looked_up) == 3:
+            raise sa.exc.OperationalError(
+                "SELECT digest FROM suppressions WHERE digest IN (%(d)s)",
+                {"d": addresses[0]},
+                psycopg.OperationalError("server closed the connection unexpectedly"),
+            )
+        return real(addresses)
+
+    monkeypatch.setattr(suppression, "suppressed_among", drops_on_the_third_chunk)
+    deliver_all()
+    assert recipients(smtp) == [person.email for person in people[:4]]
+    db.session.refresh(campaign)
+    assert campaign.status == "sending" and campaign.job.status == "failed"
+
+    page = agent_client.get(url)
+    error = re.search(r'<p class="error">([^<]*)</p>', page.text)
+    assert error and error.group(1) == (
+        "Queuing the messages stopped on an error: the database failed or could not be reached "
+        "(OperationalError); the server log has the details."
+    )
+    assert "r4@example.test" not in page.text and "SELECT" not in page.text
+    assert "Traceback" not in page.text
+    assert 'action="' + url + '/resume"' in page.text and "Resume sending" in page.text
+    assert "hx-trigger" not in page.text  # the form stays put: nothing polls it away
+
+    resumed = press_resume(agent_client, url)
+    assert "Sending resumes where it stopped." in resumed.text
+    assert "Resume sending" not in resumed.text and "hx-trigger" in resumed.text
+    deliver_all()
+    # Everyone exactly once: the four sent before the failure got no second copy.
+    assert recipients(smtp) == sorted(person.email for person in people)
+    assert outbox_rows() == 7
+    db.session.refresh(campaign)
+    assert campaign.status == "sent" and campaign.job.status == "done"
+    assert campaign.job.done == 4 and "already queued" not in campaign.job.outcomes
+    page = agent_client.get(url)
+    assert re.search(r"Sent: <strong>7</strong>", page.text)
+    assert "Resume sending" not in page.text and 'class="error"' not in page.text
+
+    # Sent: pressing an old Resume button again changes nothing.
+    again = agent_client.post(url + "/resume", data={"csrf_token": csrf_token(page.text)})
+    assert again.status_code == 303
+    assert "there is nothing to resume" in agent_client.get(url).text
+    assert db.session.get(jobs.Job, campaign.job_id).status == "done"
+    deliver_all()
+    assert len(smtp.messages) == 7
+
+
+def test_a_send_stopped_by_its_audience_rule_resumes_once_the_rule_holds_again(
+    agent_client, regions, newsletter, smtp, monkeypatch
+):
+    # No fault injected: the field the rule reads is marked sensitive while it is sending.
+    monkeypatch.setattr(sending, "CHUNK", 1)
+    campaign = draft(newsletter, audience_rule={"field": "region", "op": "equals", "value": "EU"})
+    url = send_from_the_back_office(agent_client, campaign)
+    region = contacts.field_definition("region")
+
+    def mark_sensitive(_job):
+        region.sensitive = True
+        db.session.commit()
+
+    jobs.run(jobs.claim(campaign.job_id), on_progress=mark_sensitive)
+    outbox.work(once=True)
+    assert recipients(smtp) == ["eu@example.test"]
+    page = agent_client.get(url)
+    assert "Queuing the messages stopped on an error: an unexpected error (RuleError)" in page.text
+
+    # Resuming now would fail again at once: refused, with the reason.
+    refused = press_resume(agent_client, url)
+    assert "Sending cannot resume: the audience rule no longer holds" in refused.text
+    assert "rules cannot use sensitive fields" in refused.text
+    assert db.session.get(jobs.Job, campaign.job_id).status == "failed"
+
+    region.sensitive = False
+    db.session.commit()
+    press_resume(agent_client, url)
+    deliver_all()
+    assert recipients(smtp) == ["eu2@example.test", "eu@example.test"]
+    db.session.refresh(campaign)
+    assert campaign.status == "sent"
+
+
+def test_only_a_failed_send_can_be_resumed_and_only_by_a_signed_in_form(
+    app, agent_client, audience, newsletter, smtp
+):
+    campaign = draft(newsletter)
+    url = f"/staff/campaigns/{campaign.id}"
+    page = agent_client.get(url)
+    assert "Resume sending" not in page.text
+    token = csrf_token(page.text)
+    # A draft: nothing to resume, and nothing sent.
+    answer = agent_client.post(url + "/resume", data={"csrf_token": token})
+    assert answer.status_code == 303
+    assert "there is nothing to resume" in agent_client.get(url).text
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(jobs.Job)) == 0
+
+    # Sending and running: nothing to resume either.
+    send_from_the_back_office(agent_client, campaign)
+    agent_client.post(url + "/resume", data={"csrf_token": token})
+    assert "there is nothing to resume" in agent_client.get(url).text
+    assert db.session.get(jobs.Job, campaign.job_id).status == "queued"
+
+    # Failed: no CSRF token, or nobody signed in, changes nothing.
+    job = db.session.get(jobs.Job, campaign.job_id)
+    job.status, job.error = "failed", jobs.describe(ZeroDivisionError())
+    db.session.commit()
+    assert agent_client.post(url + "/resume").status_code == 400
+    # Someone else's token is no token without its session; a signed-out browser is sent away.
+    stranger = app.test_client()
+    stranger.environ_base.update(agent_client.environ_base)  # HTTPS: the cookie is Secure
+    assert stranger.post(url + "/resume", data={"csrf_token": token}).status_code == 400
+    own_token = csrf_token(stranger.get("/staff/sign-in").text)
+    answer = stranger.post(url + "/resume", data={"csrf_token": own_token})
+    assert answer.status_code in (302, 303) and "/staff/sign-in" in answer.headers["Location"]
+    assert agent_client.get(url + "/resume").status_code == 405
+    assert db.session.get(jobs.Job, campaign.job_id).status == "failed"
+    assert agent_client.post("/staff/campaigns/2147483647/resume",
+                             data={"csrf_token": token}).status_code == 404
+    deliver_all()
+    assert smtp.messages == []
 
 
 def test_a_chunk_of_recipients_is_queued_in_one_flush(app, audience, newsletter):

@@ -290,3 +290,20 @@ def campaigns_send(campaign_id: int):
         breakdown=_breakdown(campaign, policy),
         **_labels(),
     )
+
+
+@bp.post("/campaigns/<int(max=2147483647):campaign_id>/resume")
+@role_required(*STAFF)
+def campaigns_resume(campaign_id: int):
+    """Start a campaign's failed send job again from where it stopped."""
+    campaign = db.get_or_404(campaigns.Campaign, campaign_id)
+    # CSRFProtect checked the form's token before this view (a missing one gets its 400 page).
+    try:
+        campaigns.resume(campaign)
+    except campaigns.CampaignError as refused:
+        db.session.rollback()
+        flash(_("Sending cannot resume: %(reason)s", reason=refused))
+    else:
+        db.session.commit()
+        flash(_("Sending resumes where it stopped. This page shows its progress."))
+    return redirect(url_for("backoffice.campaigns_show", campaign_id=campaign.id), code=303)

@@ -60,6 +60,11 @@ class Campaign(db.Model):
     def editable(self) -> bool:
         return self.status == "draft"
 
+    @property
+    def stalled(self) -> bool:
+        """Whether sending stopped because its job failed (see sending.resume)."""
+        return self.status == "sending" and self.job is not None and self.job.status == "failed"
+
 
 def check(
     *, subject: str, text_body: str, html_body: str, list_id, audience_rule: dict | None = None
@@ -187,4 +192,5 @@ from portal.campaigns.audience import audience_conditions  # noqa: E402,F401
 from portal.campaigns.audience import audience_count  # noqa: E402,F401
 from portal.campaigns.sending import SEND  # noqa: E402,F401
 from portal.campaigns.sending import counts  # noqa: E402,F401
+from portal.campaigns.sending import resume  # noqa: E402,F401
 from portal.campaigns.sending import send  # noqa: E402,F401

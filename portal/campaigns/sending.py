@@ -6,6 +6,10 @@ interrupted anywhere resumes after the last queued chunk, and a unique constrain
 (campaign, contact) in the outbox backs that up. The outbox asks the gate again at hand-off
 (R4): a contact who opts out while the campaign is sending receives nothing more.
 
+A job that fails (the database dropping its connection, a bug) leaves the campaign sending;
+`resume` starts the job again after its cursor. The outbox rows already written for the
+campaign are the record of who was queued: nobody gets a second copy.
+
 A message that cannot be made for one contact (a template failing on their values, an
 address SMTP cannot carry) is kept in the outbox as failed, with the reason: it counts on the
 campaign's page, the campaign goes on, and a resumed job does not try it again.
@@ -20,6 +24,7 @@ from sqlalchemy.orm import selectinload
 from portal import gate
 from portal import jobs
 from portal import outbox
+from portal import rules
 from portal import settings
 from portal import suppression
 from portal import tracking
@@ -69,6 +74,19 @@ def send(campaign: Campaign, *, author: str) -> jobs.Job:
     )
     db.session.flush()
     return job
+
+
+def resume(campaign: Campaign) -> jobs.Job:
+    """Start a campaign's failed send job again after the last chunk it queued, or raise
+    CampaignError saying why it cannot."""
+    if not campaign.stalled:
+        raise CampaignError("this campaign's sending has not failed: there is nothing to resume")
+    try:
+        # The job would fail on it again at once: say so now instead.
+        rules.validate(campaign.audience_rule)
+    except rules.RuleError as error:
+        raise CampaignError(f"the audience rule no longer holds: {error}", "audience") from None
+    return jobs.resume(campaign.job)
 
 
 def _count(params: dict) -> int:
