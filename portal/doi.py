@@ -2,7 +2,8 @@
 
 A request is a row; its mail carries a link to a page with one button, and only the POST
 behind it sets Double opt-in (R1), once: an UPDATE moves the row from "pending" and acts only
-if it moved exactly one row. At most one request mail goes to a contact per 24 hours.
+if it moved exactly one row. At most one request mail goes to a contact's address per 24
+hours: a new address is a new mailbox, which the limit does not hold against.
 Reminders (capped) and the pruning of web-form sign-ups nobody confirmed are job kinds, and
 so is sending the request to a whole mailing list.
 """
@@ -146,11 +147,26 @@ def latest_request(contact: Contact) -> DoiRequest | None:
     )
 
 
+def _sent_to_this_address(contact: Contact, request: DoiRequest) -> bool:
+    """Whether a request's last mail went to the contact's current address: no address change
+    (which contact_records.change_email records in the ledger) came after it."""
+    changed = db.session.scalar(
+        sa.select(sa.func.max(ledger.LedgerEvent.occurred_at)).where(
+            ledger.LedgerEvent.contact_ref == contact.public_id,
+            ledger.LedgerEvent.subject_type == "contact",
+            ledger.LedgerEvent.subject_ref == "email",
+            ledger.LedgerEvent.action == "email_changed",
+        )
+    )
+    return changed is None or request.last_sent_at >= changed
+
+
 def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
     """Queue the double opt-in mail for a contact, or say why not (nothing queued then).
 
     ``source`` is "webform" (the contact's own sign-up, mailed whatever the status, M5) or
-    "staff"/"list" (opted-out contacts are skipped, M3). At most one mail per 24 hours.
+    "staff"/"list" (opted-out contacts are skipped, M3). At most one mail per address per 24
+    hours.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}")
@@ -166,7 +182,11 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
     db.session.execute(sa.select(Contact.id).where(Contact.id == contact.id).with_for_update())
     now = utcnow()
     latest = latest_request(contact)
-    if latest is not None and latest.last_sent_at > now - RESEND_AFTER:
+    if (
+        latest is not None
+        and latest.last_sent_at > now - RESEND_AFTER
+        and _sent_to_this_address(contact, latest)
+    ):
         return _not_sent("recently_sent")
     decision = gate.decide(_category(source), recipient=contact.email, contact=contact)
     if not decision.allowed:

@@ -207,6 +207,41 @@ def test_at_most_one_request_per_contact_per_24_hours(app, clock, smtp):
     assert len(received(smtp, contact)) == 2
 
 
+def test_a_new_address_gets_its_first_request_at_once_and_then_the_24_hour_limit(
+    agent_client, client, smtp
+):
+    contact = add("first-box@example.test")
+    db.session.commit()
+    record = f"/staff/contacts/{contact.public_id}"
+
+    def staff_press(path: str, data: dict | None = None) -> str:
+        token = csrf_token(agent_client.get(record).text)
+        answer = agent_client.post(record + path, data={"csrf_token": token, **(data or {})})
+        assert answer.status_code == 303
+        return agent_client.get(record).text
+
+    assert "The double opt-in email is on its way." in staff_press("/double-opt-in")
+    staff_press("/email", {"email": "second-box@example.test"})
+    # The new mailbox has had nothing yet: the request goes there at once.
+    assert "The double opt-in email is on its way." in staff_press("/double-opt-in")
+    # A second press within 24 hours is refused, as for any address.
+    refused = staff_press("/double-opt-in")
+    assert (
+        "No double opt-in email was sent: a double opt-in email went to the contact less than "
+        "24 hours ago." in refused
+    )
+    outbox.work(once=True)
+    assert len(smtp.to("first-box@example.test")) == len(smtp.to("second-box@example.test")) == 1
+    (message,) = received(smtp, db.session.get(Contact, contact.id))
+    assert message["To"] == "second-box@example.test"
+
+    # Its link confirms the new address.
+    path = link_of(message)
+    _action, form = read_form(client.get(path).text)
+    assert "Thank you for confirming" in client.post(path, data=form).text
+    assert db.session.get(Contact, contact.id).opt_in_status == OptIn.DOUBLE
+
+
 @pytest.mark.parametrize("status", [OptIn.OPTOUT_USER, OptIn.OPTOUT_CONTACT])
 @pytest.mark.parametrize("source", ["staff", "list"])
 def test_staff_and_list_requests_skip_opted_out_contacts_with_a_reason(app, smtp, status, source):
