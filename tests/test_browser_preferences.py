@@ -26,6 +26,7 @@ from portal import changes
 from portal import contacts
 from portal import lists
 from portal import outbox
+from portal import unsubscribe
 from portal.choices import LIST
 from portal.choices import page_for
 from portal.contacts import OptIn
@@ -206,6 +207,27 @@ def undo_path(live_app, email: str) -> str:
         record = changes.leave_list(contact, "newsletter", language="en")
         db.session.commit()
         return f"/u/{make_token('undo', contact, u=record.public_id)}"
+
+
+def one_click_path(live_app, email: str) -> str:
+    """Return the path of the List-Unsubscribe link of a contact's newsletter mail: it lands on
+    the page with one button that leaves that list (M7), never on the preference page."""
+    with live_app.app_context():
+        newsletter = db.session.scalar(
+            sa.select(lists.MailingList).where(lists.MailingList.slug == "newsletter")
+        )
+        url = unsubscribe.one_click_url(contacts.find_by_email(email), newsletter)
+        return urlsplit(url).path
+
+
+def on_newsletter(live_app, email: str) -> bool:
+    with live_app.app_context():
+        contact = contacts.find_by_email(email)
+        newsletter = db.session.scalar(
+            sa.select(lists.MailingList).where(lists.MailingList.slug == "newsletter")
+        )
+        subscription = db.session.get(lists.Subscription, (contact.id, newsletter.id))
+        return subscription is not None and subscription.status == "subscribed"
 
 
 # --- The walk-through -------------------------------------------------------------------------
@@ -487,6 +509,28 @@ def _unsubscribe_landing(visitor, live_app):
     expect(visitor.page.get_by_role("button", name="Leave Monthly newsletter")).to_be_visible()
 
 
+def _one_click_landing(visitor, live_app):
+    new_contact(live_app, "axe-leave@example.test")
+    visitor.open(one_click_path(live_app, "axe-leave@example.test"))
+    expect(visitor.page.get_by_role("button", name="Unsubscribe")).to_be_visible()
+
+
+def _one_click_landing_when_not_on_the_list(visitor, live_app):
+    new_contact(live_app, "axe-left@example.test")
+    path = one_click_path(live_app, "axe-left@example.test")
+    undo_path(live_app, "axe-left@example.test")  # left the newsletter already
+    visitor.open(path)
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text(
+        "You are not on Monthly newsletter")
+
+
+def _one_click_unsubscribed(visitor, live_app):
+    new_contact(live_app, "axe-unsubscribed@example.test")
+    visitor.open(one_click_path(live_app, "axe-unsubscribed@example.test"))
+    visitor.page.get_by_role("button", name="Unsubscribe").click()
+    expect(visitor.page.get_by_role("heading", level=1)).to_have_text("You are unsubscribed")
+
+
 def _confirm_page(visitor, live_app):
     new_contact(live_app, "axe-confirm@example.test")
     visitor.open(pending_confirm_path(live_app, "axe-confirm@example.test"))
@@ -552,6 +596,9 @@ PAGES = {
     "German preference page": _german_preference_page,
     "preference page after a save": _saved_preference_page,
     "unsubscribe landing": _unsubscribe_landing,
+    "one-click unsubscribe landing": _one_click_landing,
+    "one-click landing, not on the list": _one_click_landing_when_not_on_the_list,
+    "one-click unsubscribe answer": _one_click_unsubscribed,
     "confirm page": _confirm_page,
     "confirmed page": _confirmed_page,
     "undo page": _undo_page,
@@ -577,6 +624,29 @@ def test_page_is_accessible_fits_a_phone_and_stays_home(visit, live_app, where):
     assert visitor.page.evaluate(
         "() => document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth"
     ), f"the {where} scrolls sideways on a phone"
+    assert visitor.elsewhere() == []
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "no-js"])
+def test_the_header_unsubscribe_link_leaves_the_list_with_its_one_button(
+    visit, live_app, javascript
+):
+    email = f"leave-{'js' if javascript else 'nojs'}@example.test"
+    new_contact(live_app, email)
+    visitor = visit(java_script_enabled=javascript)
+    page = visitor.page
+    visitor.open(one_click_path(live_app, email))
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Unsubscribe from Monthly newsletter?")
+    assert on_newsletter(live_app, email)  # opening the link changes nothing
+
+    with page.expect_navigation():
+        page.get_by_role("button", name="Unsubscribe").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("You are unsubscribed")
+    expect(page.get_by_role("main")).to_contain_text(
+        "You will receive no more mail from the list Monthly newsletter.")
+    assert not on_newsletter(live_app, email)
+    assert visitor.errors == []
     assert visitor.elsewhere() == []
 
 
