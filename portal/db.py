@@ -226,3 +226,20 @@ def init_app(app) -> None:
         else:
             # A SQLite file has no server to drop the connection: nothing to ping.
             _ping_when_idle(db.engine, app.config["PORTAL_DB_PING_IDLE_SECONDS"])
+
+
+#: The largest value of PostgreSQL's ``integer``, the type of every id and version number.
+INTEGER_MAX = 2**31 - 1
+
+
+def whole_number(value: str | None, maximum: int = INTEGER_MAX) -> int | None:
+    """Return the number a request field spells in ASCII digits, or None if it spells none
+    from 0 to `maximum`.
+
+    ``str.isdigit()`` also accepts "²" and other digits that ``int()`` refuses, and a number
+    past the database's integer fails on insert: either would be a 500.
+    """
+    if not value or len(value) > len(str(maximum)) or not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= maximum else None

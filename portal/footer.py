@@ -68,6 +68,37 @@ def _context(contact: Contact, url: str) -> dict:
 #: What an impersonal footer's template sees: nothing of the contact.
 _IMPERSONAL = {"preferences_url": "", "first_name": "", "last_name": "", "name": "", "fields": {}}
 
+#: What a footer is tried with before it is saved: sample values, then none at all.
+_TRIALS = (
+    {
+        "preferences_url": "https://portal.example/p/sample",
+        "first_name": "Sample",
+        "last_name": "Contact",
+        "name": "Sample Contact",
+        "fields": {},
+    },
+    _IMPERSONAL,
+)
+
+
+def problem(source: str) -> str | None:
+    """Say why a footer staff are about to save cannot render, or return None if it can.
+
+    Mail never waits for a broken footer (it gets the default line instead), so this is what
+    tells staff, at the settings form, that theirs would not be used.
+    """
+    if not source.strip():
+        return None
+    try:
+        template = _template(source)
+        for context in _TRIALS:
+            template.render(context)
+    except TemplateError as error:
+        return _("The footer is not a valid template: %(error)s", error=str(error)[:200])
+    except Exception as error:
+        return _("The footer cannot be rendered: %(error)s", error=type(error).__name__)
+    return None
+
 
 def has_page(contact: Contact) -> bool:
     """Say whether a footer may link to the contact's page: not once erasure is asked for."""
@@ -143,8 +174,9 @@ def _render(contact: Contact, source: str, personal: bool) -> tuple[str, str]:
         try:
             context = _context(contact, url) if personal else _IMPERSONAL
             rendered = _template(source).render(context)
-        except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
-            # A footer staff saved but that cannot render must not stop the mail going out.
+        except Exception as error:
+            # A footer staff saved but that cannot render must not stop the mail going out:
+            # whatever the sandboxed template raises (a RecursionError too) is its failure.
             log.warning(
                 "the email footer does not render (%s); the default is used", type(error).__name__
             )

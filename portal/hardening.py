@@ -45,23 +45,6 @@ def quietly_allowed_for(
     return within_ip and within_address
 
 
-#: The largest value of PostgreSQL's ``integer``, the type of every id and version number.
-INTEGER_MAX = 2**31 - 1
-
-
-def whole_number(value: str | None, maximum: int = INTEGER_MAX) -> int | None:
-    """Return the number a request field spells in ASCII digits, or None if it spells none
-    from 0 to `maximum`.
-
-    ``str.isdigit()`` also accepts "²" and other digits that ``int()`` refuses, and a number
-    past the database's integer fails on insert: either would be a 500.
-    """
-    if not value or len(value) > len(str(maximum)) or not (value.isascii() and value.isdigit()):
-        return None
-    number = int(value)
-    return number if number <= maximum else None
-
-
 # No inline script or style anywhere: htmx is told not to inject its indicator styles.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

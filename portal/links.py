@@ -19,7 +19,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from portal.contacts import Contact
 from portal.db import db
-from portal.hardening import whole_number
+from portal.db import whole_number
 from portal.keys import LINK_PURPOSES
 from portal.keys import UnknownKey
 from portal.keys import keyset
@@ -95,6 +95,11 @@ def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
     if contact is None:
         raise TokenInvalid("the link was revoked")
     return contact, payload
+
+
+def token_digest(token: str) -> str:
+    """Return what may be logged of a refused token: the start of its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def public_url(path: str) -> str:

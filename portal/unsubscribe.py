@@ -149,7 +149,8 @@ def one_click_url(contact: Contact, mailing_list: lists.MailingList) -> str:
 
 
 def visible_url(contact: Contact, mailing_list: lists.MailingList) -> str:
-    """Return the unsubscribe link for a mail's body: it lands on the preference page (N5)."""
+    """Return the unsubscribe link for a mail's body: it lands on the preference page (N5)
+    while it is as young as a page link and not revoked, and on the one button after that."""
     return public_url(f"/o/{make_page_token(contact, mailing_list)}")
 
 

@@ -14,7 +14,6 @@ a retry would get the same answer. Only a temporary failure (the database unavai
 """
 
 import email
-import hashlib
 import logging
 import re
 import sys
@@ -31,6 +30,7 @@ from portal import unsubscribe
 from portal.db import db
 from portal.ledger import Evidence
 from portal.links import TokenInvalid
+from portal.links import token_digest
 
 #: The ledger's method for a list left by a mailto reply (the one-click POST's is "one_click").
 METHOD = "mailto"
@@ -57,11 +57,6 @@ class Outcome(StrEnum):
     UNCHANGED = "already unsubscribed"
     INVALID = "no valid unsubscribe token"
     NO_TOKEN = "no unsubscribe token"
-
-
-def digest(token: str) -> str:
-    """Return what may be logged of a token: the start of its SHA-256."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _in_order(found: list[str]) -> list[str]:
@@ -148,7 +143,7 @@ def handle(raw: bytes) -> Outcome:
             contact, mailing_list, evidence=_evidence(message), method=METHOD
         )
         return Outcome.UNSUBSCRIBED if changed else Outcome.UNCHANGED
-    log.info("refused unsubscribe mail: tokens %s", ", ".join(digest(t) for t in tokens))
+    log.info("refused unsubscribe mail: tokens %s", ", ".join(token_digest(t) for t in tokens))
     return Outcome.INVALID
 
 

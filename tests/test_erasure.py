@@ -84,9 +84,11 @@ def person(app) -> Contact:
         subject="Hello Zoltana",
         text_body="Dear Zoltana Quibbleworth, your link.",
     )
-    outbox.enqueue(
+    bounced = outbox.enqueue(
         category="ad_hoc", recipient=ADDRESS, subject="Zoltana's order", text_body="Zolly!"
     )
+    # A mail server's refusal quotes the address, in its own case.
+    bounced.status, bounced.reason = "failed", f"550 5.1.1 <{ADDRESS.upper()}>: unknown user"
     mailbox.capture(
         "portal@example.test",
         [ADDRESS],

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from test_backoffice_auth import csrf_token
+from test_backoffice_settings import settings_data
 
 from portal import contacts
 from portal import footer
@@ -88,8 +89,9 @@ def test_contact_values_are_escaped_and_sensitive_fields_masked(app, reader):
         "<p>{{ config }} {{ request }} {{ self }}</p>",  # nothing of the app is reachable
         "<p>{% for x in %}</p>",  # a syntax error
         "<p>{{ 1 / 0 }}</p>",
+        "<p>{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}</p>",  # a RecursionError
     ],
-    ids=["sandbox-escape", "app-objects", "syntax-error", "division-by-zero"],
+    ids=["sandbox-escape", "app-objects", "syntax-error", "division-by-zero", "recursion"],
 )
 def test_a_hostile_or_broken_footer_falls_back_to_the_plain_link(app, reader, template):
     set_footer(template)
@@ -328,3 +330,29 @@ def test_the_contacts_own_fresh_link_has_no_footer(app, reader, smtp, staff_foot
     plain, rich = received_parts(smtp, reader.email, "Your link to your privacy preferences")
     assert footer_of(plain) == ""
     assert "Example Ltd" not in plain + rich
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("<p>{% for x in %}</p>", "The footer is not a valid template"),
+        ("<p>{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}</p>", "cannot be rendered"),
+        ("<p>{{ 10 // first_name|length }}</p>", "cannot be rendered: ZeroDivisionError"),
+    ],
+    ids=["syntax-error", "recursion", "fails-without-values"],
+)
+def test_the_settings_form_refuses_a_footer_that_cannot_render(
+    app, admin_client, template, message
+):
+    page = admin_client.get("/staff/settings")
+    answer = admin_client.post(
+        "/staff/settings", data=settings_data(csrf_token(page.text), footer_html=template)
+    )
+    assert answer.status_code == 200
+    assert message in answer.text
+    assert settings.values()["footer_html"] == ""  # nothing saved
+    assert admin_client.post(
+        "/staff/settings",
+        data=settings_data(csrf_token(page.text), footer_html="<p>Hello {{ first_name }}</p>"),
+    ).status_code == 303
+    assert settings.values()["footer_html"] == "<p>Hello {{ first_name }}</p>"

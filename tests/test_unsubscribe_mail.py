@@ -1,6 +1,7 @@
 """Unsubscribe by email (M7): `flask mail unsubscribe` reads a mail as a pipe alias delivers it,
 finds the List-Unsubscribe mailto's token, and does what the one-click POST does."""
 
+import io
 import logging
 import re
 from email.header import Header
@@ -24,6 +25,7 @@ from portal import unsubscribe
 from portal import unsubscribe_mail
 from portal.contacts import OptIn
 from portal.db import db
+from portal.links import token_digest
 
 INBOUND = "leave@example.com"
 
@@ -171,7 +173,7 @@ def test_a_bad_token_changes_nothing_exits_0_and_logs_only_its_digest(
     assert status(contact, news) == status(contact, offers) == "subscribed"
     assert len(ledger.history(contact.public_id)) == before
     assert token not in caplog.text + result.output
-    assert unsubscribe_mail.digest(token) in caplog.text
+    assert token_digest(token) in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,9 @@ def test_a_huge_mail_is_read_to_its_end_and_its_token_still_found(app, runner, r
     token = unsubscribe.make_token(contact, news)
     raw = reply(f"unsubscribe {token}", "x" * 1000 + "\n" * 2 + ("y" * 70 + "\n") * 20000)
     assert len(raw) > unsubscribe_mail.MAX_BYTES
-    assert pipe(runner, raw).exit_code == 0
+    delivered = io.BytesIO(raw)  # click hands a file-like input to the command as it is
+    assert runner.invoke(args=["mail", "unsubscribe"], input=delivered).exit_code == 0
+    assert delivered.tell() == len(raw)  # read to its end, as a mail server expects
     assert left(contact, news, offers)
 
 

@@ -22,7 +22,7 @@ from portal.backoffice import staff_actor
 from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.db import db
-from portal.hardening import whole_number
+from portal.db import whole_number
 from portal.ledger import Evidence
 from portal.lists import MailingList
 

@@ -9,6 +9,8 @@ SMTP, and the address is masked in that row as soon as its delivery ends (sent, 
 refused). Deleting does the same and removes the row, leaving a tombstone.
 """
 
+import re
+
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Session
@@ -92,6 +94,9 @@ def _scrub_mail(contact: Contact, address: str, masked: str, keep_id: int) -> li
     for row in rows:
         row.recipient, row.subject, row.text_body, row.html_body = masked, "[erased]", "", None
         row.headers = {}
+        if row.reason:
+            # A mail server's answer, or our own refusal, may quote the address.
+            row.reason = re.sub(re.escape(address), masked, row.reason, flags=re.IGNORECASE)
         if row.status in ("queued", "sending"):
             row.status, row.lease_until = "refused", None
             row.reason = "refused when erased: the contact's personal data was erased"

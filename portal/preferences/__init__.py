@@ -4,7 +4,6 @@ Every link in an email opens a page with one button; only its POST acts, so a ma
 GET changes nothing and uses up nothing (R1).
 """
 
-import hashlib
 import logging
 
 from flask import Blueprint
@@ -32,7 +31,7 @@ from portal.contacts import OptIn
 from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
 from portal.db import reading_only_from_here
-from portal.hardening import whole_number
+from portal.db import whole_number
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
@@ -40,6 +39,7 @@ from portal.links import check_form_token
 from portal.links import form_token
 from portal.links import make_token
 from portal.links import read_token
+from portal.links import token_digest
 
 log = logging.getLogger(__name__)
 bp = Blueprint("preferences", __name__)
@@ -98,8 +98,7 @@ def bad_link(error: BadLink):
 
 def refused(purpose: str, token: str, reason: str, *, expired: bool = False) -> BadLink:
     """Log a refused link by a digest of its token, never the token; return the BadLink."""
-    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
-    log.info("refused %s link %s: %s", purpose, digest, reason)
+    log.info("refused %s link %s: %s", purpose, token_digest(token), reason)
     return BadLink(expired=expired)
 
 

@@ -24,7 +24,7 @@ from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.contacts import field_definition
 from portal.db import db
-from portal.hardening import whole_number
+from portal.db import whole_number
 from portal.optin import STATUS_WORDS
 
 

@@ -14,6 +14,7 @@ from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
 from portal import catalogue
+from portal import footer
 from portal import htmx
 from portal import settings
 from portal.backoffice import bp
@@ -155,6 +156,10 @@ def settings_edit():
     }
     wanted["footer_html"] = settings.sanitize_html(wanted["footer_html"])
     wanted["policy_html"] = settings.sanitize_html(wanted["policy_html"])
+    footer_problem = footer.problem(wanted["footer_html"])
+    if footer_problem:
+        form.footer_html.errors.append(footer_problem)
+        return _page(form)
     changes = {name: value for name, value in wanted.items() if settings.values()[name] != value}
     based_on = form.based_on.data or 0
     if not changes:
