@@ -15,6 +15,9 @@ from limits import parse
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+
+from portal.db import INTEGER_MAX
 
 limiter = Limiter(key_func=get_remote_address)
 
@@ -101,8 +104,17 @@ def render_error(error):
     return render_template(template, title=title, explanation=explanation, code=code), code
 
 
+class RowId(IntegerConverter):
+    """A row id in a URL (``<row_id:name>``): a number the database's integer can hold, so
+    that a larger one is a 404 and never a database error."""
+
+    def __init__(self, url_map, **kwargs):
+        super().__init__(url_map, min=0, max=INTEGER_MAX)
+
+
 def init_app(app) -> None:
-    """Install the headers, host checks, proxy handling, limiter and error pages."""
+    """Install the headers, host checks, proxy handling, limiter, error pages and row ids."""
+    app.url_map.converters["row_id"] = RowId
     if app.config.get("TRUSTED_HOSTS") is None and not app.testing:
         host = urlsplit(app.config["PORTAL_BASE_URL"]).hostname
         app.config["TRUSTED_HOSTS"] = [host, "localhost"] if app.config["PORTAL_DEMO"] else [host]

@@ -140,6 +140,32 @@ def enqueue(
     return row
 
 
+def record_failed(
+    *,
+    category: str,
+    recipient: str,
+    subject: str,
+    reason: str,
+    contact: Contact | None = None,
+    list_id: int | None = None,
+    campaign_id: int | None = None,
+) -> OutboxMessage:
+    """Keep a message that could not be made (or written) as failed: counted, never sent.
+
+    Its body is empty and nothing is checked: this is the record of a failure, in the same
+    table as the messages that went, so that a job walking its audience again skips it.
+    """
+    row = OutboxMessage(
+        message_id=new_message_id(), category=gate.Category(category).value,
+        recipient=recipient[:254], sender=current_app.config["MAIL_DEFAULT_SENDER"],
+        subject=subject, text_body="", contact_id=contact.id if contact else None,
+        list_id=list_id, campaign_id=campaign_id, status="failed", reason=reason[:500],
+        created_at=utcnow(),
+    )
+    db.session.add(row)
+    return row
+
+
 #: What the gate reads about a message's recipient at hand-off, afresh and in one query: the
 #: contact, their subscription to the message's list (left in the session, where the gate's
 #: lookup by primary key finds it) and whether the address is on the suppression list. Built

@@ -53,6 +53,8 @@ _TOKEN = re.compile(rf"(?<![A-Za-z0-9_.-])({TOKEN})(?![A-Za-z0-9_-])")
 
 
 class Outcome(StrEnum):
+    """What the command did with a mail, as it prints it."""
+
     UNSUBSCRIBED = "unsubscribed"
     UNCHANGED = "already unsubscribed"
     INVALID = "no valid unsubscribe token"

@@ -600,6 +600,29 @@ def test_a_contact_whose_values_break_the_template_fails_alone_and_the_campaign_
     assert campaigns.counts(campaign)["failed"] == 1
 
 
+def test_an_address_smtp_cannot_carry_fails_alone_and_its_reason_does_not_quote_it(
+    agent_client, newsletter, smtp, caplog
+):
+    add("grace@example.test", OptIn.DOUBLE, newsletter)
+    add("jösé@example.test", OptIn.DOUBLE, newsletter)  # no SMTPUTF8: cannot be written
+    db.session.commit()
+    campaign = draft(newsletter)
+    campaigns.send(campaign, author="test")
+    db.session.commit()
+    deliver_all()
+
+    assert recipients(smtp) == ["grace@example.test"]
+    db.session.refresh(campaign)
+    assert campaign.status == "sent"
+    [failed] = db.session.scalars(
+        sa.select(outbox.OutboxMessage).where(outbox.OutboxMessage.status == "failed")
+    ).all()
+    assert failed.reason == sending.NOT_QUEUED
+    page = agent_client.get(f"/staff/campaigns/{campaign.id}")
+    assert "the message could not be written for the contact's address: 1" in page.text
+    assert "jösé" not in page.text and "jösé" not in caplog.text
+
+
 def test_the_preview_says_when_the_message_cannot_be_rendered_for_a_contact(
     agent_client, fragile, newsletter
 ):

@@ -32,6 +32,7 @@ from portal.backoffice import role_required
 from portal.backoffice import staff_actor
 from portal.backoffice.mail import MAIL_FRAME_POLICY
 from portal.backoffice.settings import render_count
+from portal.backoffice.settings import uncountable
 from portal.backoffice.settings.forms import RuleForm
 from portal.backoffice.settings.forms import prepare_rule
 from portal.backoffice.settings.forms import rule_data
@@ -111,19 +112,16 @@ def _save(form: CampaignForm, campaign: campaigns.Campaign | None):
 def _audience_count(form: CampaignForm) -> dict:
     """Return what the Count beside the audience rule shows: who would receive it, or why
     there is no number."""
-    rule, valid = rule_from(form.audience.form)
-    if not valid:
-        editor = form.audience.form
-        reasons = [error for entry in editor.rows for error in entry.form.value.errors]
-        reason = (reasons or list(editor.combine.errors) or [""])[0]
-        return {"error": _("Not counted: %(reason)s", reason=reason)}
+    rule, problem = uncountable(form.audience.form)
+    if problem:
+        return problem
     if form.list_id.data not in {value for value, _label in form.list_id.choices}:
         return {"error": _("Not counted: %(reason)s", reason=_("choose a mailing list"))}
     return {"count": campaigns.audience_count(form.list_id.data, rule=rule)}
 
 
 def _editor(form: CampaignForm, campaign: campaigns.Campaign | None):
-    """Answer the Count button, or render the form; None when the form is to be saved."""
+    """Answer the Count button, or render the form (to fill in, or with its errors)."""
     context = {
         "form": form,
         "campaign": campaign,
@@ -172,7 +170,7 @@ def campaigns_new():
     return _editor(form, None)
 
 
-@bp.route("/campaigns/<int(max=2147483647):campaign_id>/edit", methods=["GET", "POST"])
+@bp.route("/campaigns/<row_id:campaign_id>/edit", methods=["GET", "POST"])
 @role_required(*STAFF)
 def campaigns_edit(campaign_id: int):
     """Change a draft campaign."""
@@ -192,7 +190,7 @@ def campaigns_edit(campaign_id: int):
     return _editor(form, campaign)
 
 
-@bp.get("/campaigns/<int(max=2147483647):campaign_id>")
+@bp.get("/campaigns/<row_id:campaign_id>")
 @role_required(*STAFF)
 def campaigns_show(campaign_id: int):
     """Show a campaign and its live counts; htmx polls the counts while it is sending."""
@@ -218,7 +216,7 @@ def _preview_contact(campaign: campaigns.Campaign):
     return contact, None
 
 
-@bp.get("/campaigns/<int(max=2147483647):campaign_id>/preview")
+@bp.get("/campaigns/<row_id:campaign_id>/preview")
 @role_required(*STAFF)
 def campaigns_preview(campaign_id: int):
     """Show the message a chosen contact would receive."""
@@ -245,7 +243,7 @@ def campaigns_preview(campaign_id: int):
     )
 
 
-@bp.get("/campaigns/<int(max=2147483647):campaign_id>/preview/html")
+@bp.get("/campaigns/<row_id:campaign_id>/preview/html")
 @role_required(*STAFF)
 def campaigns_preview_html(campaign_id: int):
     """Serve the previewed HTML part, sandboxed, for the frame on the preview page."""
@@ -260,7 +258,7 @@ def campaigns_preview_html(campaign_id: int):
     return framed(html, MAIL_FRAME_POLICY)
 
 
-@bp.route("/campaigns/<int(max=2147483647):campaign_id>/send", methods=["GET", "POST"])
+@bp.route("/campaigns/<row_id:campaign_id>/send", methods=["GET", "POST"])
 @role_required(*STAFF)
 def campaigns_send(campaign_id: int):
     """Ask to confirm sending a draft (GET); send it (POST)."""
@@ -292,7 +290,7 @@ def campaigns_send(campaign_id: int):
     )
 
 
-@bp.post("/campaigns/<int(max=2147483647):campaign_id>/resume")
+@bp.post("/campaigns/<row_id:campaign_id>/resume")
 @role_required(*STAFF)
 def campaigns_resume(campaign_id: int):
     """Start a campaign's failed send job again from where it stopped."""

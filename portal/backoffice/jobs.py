@@ -45,7 +45,7 @@ def jobs_start(kind: str):
     return redirect(url_for("backoffice.jobs_show", job_id=job.id), code=303)
 
 
-@bp.get("/jobs/<int(max=2147483647):job_id>")
+@bp.get("/jobs/<row_id:job_id>")
 def jobs_show(job_id: int):
     """Show a job's progress; htmx polls the progress fragment while it runs."""
     job = db.get_or_404(jobs.Job, job_id)

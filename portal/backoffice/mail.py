@@ -59,7 +59,7 @@ def mailbox_list():
     return render_template("backoffice/mailbox.html", messages=mailbox.messages())
 
 
-@bp.get("/mailbox/<int(max=2147483647):mail_id>")
+@bp.get("/mailbox/<row_id:mail_id>")
 def mailbox_show(mail_id: int):
     """Show one caught message: its headers, its text with working links, its HTML."""
     _demo_only()
@@ -71,7 +71,7 @@ def mailbox_show(mail_id: int):
                            has_html=captured.part("html") is not None)
 
 
-@bp.get("/mailbox/<int(max=2147483647):mail_id>/html")
+@bp.get("/mailbox/<row_id:mail_id>/html")
 def mailbox_html(mail_id: int):
     """Serve a caught message's HTML part, sandboxed, for the frame on its page."""
     _demo_only()

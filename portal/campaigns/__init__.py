@@ -50,7 +50,7 @@ class Campaign(db.Model):
     job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id"))
     sent_at: Mapped[datetime | None]
     # Counted in SQL when sending began: {"audience": n, "left_out": {reason: n}} (see
-    # sending.audience_breakdown). Kept, so the page says what happened then, not since.
+    # audience.audience_breakdown). Kept, so the page says what happened then, not since.
     audience_at_start: Mapped[dict | None] = mapped_column(sa.JSON)
 
     mailing_list: Mapped[MailingList] = relationship()

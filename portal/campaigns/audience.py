@@ -28,6 +28,8 @@ LEFT_OUT = (
     "policy",
     "rule",
 )
+
+
 def _statuses(policy: str) -> list[str]:
     return sorted(status.value for status in gate.POLICY_STATUSES[policy])
 

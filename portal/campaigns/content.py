@@ -29,7 +29,7 @@ PLACEHOLDERS = {
     "region": "the contact's region",
     "language": "the contact's language",
     "fields": "custom fields by name, sensitive ones masked, e.g. {{ fields.sales_stage }}",
-    "unsubscribe_url": "the link that leaves this list (it opens the preference page)",
+    "unsubscribe_url": "the link that leaves this list (its page; the preference page while fresh)",
 }
 #: What the trial renders at save time fill the placeholders with: sample values, then the
 #: empty ones of a contact who gave nothing but an address (a template that divides by

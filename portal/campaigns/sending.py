@@ -18,7 +18,6 @@ campaign's page, the campaign goes on, and a resumed job does not try it again.
 import logging
 
 import sqlalchemy as sa
-from flask import current_app
 from sqlalchemy.orm import selectinload
 
 from portal import gate
@@ -42,7 +41,6 @@ from portal.db import db
 from portal.db import utcnow
 from portal.lists import Subscription
 from portal.mail import MessageRejected
-from portal.mail import new_message_id
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +182,8 @@ def _process(params: dict, ids: list[int]) -> str | None:
                 contact.id,
                 type(error).__name__,
             )
-            _failed(campaign, contact, f"{NOT_QUEUED}: {error}")
+            # The reason alone: the error's text may quote the address.
+            _failed(campaign, contact, NOT_QUEUED)
             outcome = f"failed for some: {NOT_QUEUED}"
     # The chunk's messages in one flush (one INSERT on PostgreSQL), not a flush a message.
     db.session.flush()
@@ -192,22 +191,14 @@ def _process(params: dict, ids: list[int]) -> str | None:
 
 
 def _failed(campaign: Campaign, contact: Contact, reason: str) -> None:
-    """Keep a message that could not be made as failed: counted, and never tried again."""
-    db.session.add(
-        outbox.OutboxMessage(
-            message_id=new_message_id(),
-            category=gate.Category.CAMPAIGN.value,
-            recipient=contact.email[:254],
-            sender=current_app.config["MAIL_DEFAULT_SENDER"],
-            subject=campaign.subject,
-            text_body="",
-            contact_id=contact.id,
-            list_id=campaign.list_id,
-            campaign_id=campaign.id,
-            status="failed",
-            reason=reason[:500],
-            created_at=utcnow(),
-        )
+    outbox.record_failed(
+        category=gate.Category.CAMPAIGN,
+        recipient=contact.email,
+        subject=campaign.subject,
+        reason=reason,
+        contact=contact,
+        list_id=campaign.list_id,
+        campaign_id=campaign.id,
     )
 
 

@@ -1,6 +1,5 @@
 """The contact list: filters in the query string, saved filters, and the CSV export."""
 
-import re
 from urllib.parse import urlencode
 
 from flask import abort
@@ -22,11 +21,10 @@ from portal.backoffice import role_required
 from portal.backoffice import staff_actor
 from portal.contacts import OptIn
 from portal.db import db
+from portal.db import whole_number
 from portal.optin import STATUS_WORDS
 
 STAFF = ("admin", "agent")
-# A row id in a URL: a number past PostgreSQL's integer range is simply not found.
-ROW_ID = "int(max=2147483647)"
 
 
 def list_url(filters: contact_filters.Filters, page: int | None = None) -> str:
@@ -39,9 +37,9 @@ def list_url(filters: contact_filters.Filters, page: int | None = None) -> str:
 def _page_number(value: str | None) -> tuple[int, str | None]:
     if value is None or value == "":
         return 1, None
-    # Only ASCII digits: str.isdigit() also accepts "²", which int() refuses.
-    if re.fullmatch(r"[0-9]{1,5}", value) and int(value) > 0:
-        return int(value), None
+    number = whole_number(value, maximum=99999)
+    if number:
+        return number, None
     return 1, _("“%(value)s” is not a page number; the first page is shown.", value=value[:20])
 
 
@@ -117,7 +115,7 @@ def _deletable_filter(filter_id: int) -> contact_filters.SavedFilter:
     return saved
 
 
-@bp.get(f"/contacts/filters/<{ROW_ID}:filter_id>/delete")
+@bp.get("/contacts/filters/<row_id:filter_id>/delete")
 @role_required(*STAFF)
 def contacts_filter_confirm_delete(filter_id: int):
     """Ask before deleting a saved filter."""
@@ -125,7 +123,7 @@ def contacts_filter_confirm_delete(filter_id: int):
     return render_template("backoffice/contacts/filter_delete.html", saved=saved)
 
 
-@bp.post(f"/contacts/filters/<{ROW_ID}:filter_id>/delete")
+@bp.post("/contacts/filters/<row_id:filter_id>/delete")
 @role_required(*STAFF)
 def contacts_filter_delete(filter_id: int):
     """Delete a saved filter (its author or an admin)."""
@@ -154,7 +152,7 @@ def contacts_export():
     return redirect(url_for("backoffice.jobs_show", job_id=job.id), code=303)
 
 
-@bp.get(f"/contacts/exports/<{ROW_ID}:job_id>.csv")
+@bp.get("/contacts/exports/<row_id:job_id>.csv")
 @role_required(*STAFF)
 def contacts_export_download(job_id: int):
     """Download a finished CSV export."""

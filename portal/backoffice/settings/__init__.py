@@ -65,14 +65,21 @@ def staff_names(references) -> dict[str, str]:
     return {f"staff:{user.id}": user.email for user in users}
 
 
+def uncountable(rule_form) -> tuple[dict | None, dict | None]:
+    """Return the rule a rule editor holds and None, or None and what its count shows instead:
+    why there is no number."""
+    rule, valid = rule_from(rule_form)
+    if valid:
+        return rule, None
+    reasons = [error for entry in rule_form.rows for error in entry.form.value.errors]
+    reason = (reasons or list(rule_form.combine.errors) or [""])[0]
+    return None, {"error": _("Not counted: %(reason)s", reason=reason)}
+
+
 def rule_count(rule_form) -> dict:
     """Return what the count beside a rule editor shows: a number, or why there is none."""
-    rule, valid = rule_from(rule_form)
-    if not valid:
-        reasons = [error for entry in rule_form.rows for error in entry.form.value.errors]
-        reason = (reasons or list(rule_form.combine.errors) or [""])[0]
-        return {"error": _("Not counted: %(reason)s", reason=reason)}
-    return {"count": catalogue.count_matching(rule)}
+    rule, problem = uncountable(rule_form)
+    return problem or {"count": catalogue.count_matching(rule)}
 
 
 def render_count(page: str, name: str, counts: dict, **context):

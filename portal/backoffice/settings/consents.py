@@ -87,7 +87,7 @@ def consent_new():
     return _done(_("The consent “%(title)s” is added.", title=definition.current_version.title))
 
 
-@bp.route("/settings/consents/<int(max=2147483647):consent_id>", methods=["GET", "POST"])
+@bp.route("/settings/consents/<row_id:consent_id>", methods=["GET", "POST"])
 @role_required("admin")
 def consent_edit(consent_id: int):
     """Change a consent: a new wording is saved as a new version, the old ones kept."""
@@ -160,7 +160,7 @@ def _stale(form, template: str, context: dict, stale: catalogue.StaleEdit):
     return render_template(f"backoffice/settings/{template}", theirs=stale.edits, **context)
 
 
-@bp.route("/settings/consents/<int(max=2147483647):consent_id>/retire", methods=["GET", "POST"])
+@bp.route("/settings/consents/<row_id:consent_id>/retire", methods=["GET", "POST"])
 @role_required("admin")
 def consent_retire(consent_id: int):
     """Ask, then retire a consent: it is no longer offered; decisions on file stay."""
@@ -195,7 +195,7 @@ def list_new():
     return _done(_("The list “%(name)s” is added.", name=mailing_list.name))
 
 
-@bp.route("/settings/lists/<int(max=2147483647):list_id>", methods=["GET", "POST"])
+@bp.route("/settings/lists/<row_id:list_id>", methods=["GET", "POST"])
 @role_required("admin")
 def list_edit(list_id: int):
     """Change a mailing list's name, description or visibility."""
