@@ -127,3 +127,13 @@ def test_on_postgresql_a_contact_page_reads_without_a_transaction_and_writes_in_
             db.session.execute(sa.delete(lists.MailingList).where(lists.MailingList.slug == slug))
             db.session.commit()
             db.engine.dispose()
+
+
+def test_a_database_error_never_carries_a_statements_values(app):
+    """A failed statement's values (an address, a name) stay out of its error and the logs."""
+    secret = "zoltana.quibbleworth@example.com"
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        db.session.execute(sa.text("SELECT * FROM no_such_table WHERE email = :e"), {"e": secret})
+    db.session.rollback()
+    assert secret not in str(raised.value)
+    assert "no_such_table" in str(raised.value)  # the statement itself is still told
