@@ -121,6 +121,9 @@ local function form_body(step)
   if step.marketing then stop = (step.kind == "withdraw") end
   if stop then table.insert(parts, "stop_marketing=on") end
   if contact.hidden ~= "" then table.insert(parts, contact.hidden) end
+  -- What a browser sends: the button's name for a press of "Save my choices", which a grant
+  -- needs with htmx; a withdrawal with htmx is a toggle, which sends the form without it.
+  if mode == "post" or step.kind == "request" then table.insert(parts, "save=1") end
   return table.concat(parts, "&")
 end
 
