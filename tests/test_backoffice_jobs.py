@@ -2,7 +2,9 @@
 
 from test_backoffice_auth import csrf_token
 
+from portal import campaigns
 from portal import jobs
+from portal import lists
 from portal.db import db
 
 
@@ -42,3 +44,86 @@ def test_an_unknown_job_kind_or_id_is_a_404(admin_client):
     assert admin_client.post("/staff/jobs/nope",
                              data={"csrf_token": csrf_token(page.text)}).status_code == 404
     assert admin_client.get("/staff/jobs/999999").status_code == 404
+
+
+def _flaky_kind(monkeypatch, done: list) -> str:
+    """Register a job of five items whose third fails the first time it is tried."""
+    tried = set()
+
+    def process(_params, item):
+        if item == 3 and item not in tried:
+            tried.add(item)
+            raise RuntimeError("the third item met a fault, with private words in it")
+        done.append(item)
+
+    kind = jobs.JobKind(
+        name="test-flaky",
+        label="A job that fails once",
+        count=lambda _params: 5,
+        items_after=lambda _params, after, limit: [(n, n) for n in range(after + 1, 6)][:limit],
+        process=process,
+    )
+    monkeypatch.setitem(jobs.KINDS, kind.name, kind)
+    return kind.name
+
+
+def test_a_failed_job_is_resumed_by_an_admin_after_its_last_finished_item(
+    admin_client, agent_client, monkeypatch
+):
+    done = []
+    job = jobs.start(_flaky_kind(monkeypatch, done), created_by="test")
+    db.session.commit()
+    jobs.work(once=True)
+    db.session.refresh(job)
+    assert job.status == "failed" and done == [1, 2]
+
+    page = admin_client.get(f"/staff/jobs/{job.id}")
+    assert "an unexpected error (RuntimeError)" in page.text
+    assert "private words" not in page.text
+    assert "hx-trigger" not in page.text  # a failed job is not polled
+    assert ">Resume</button>" in page.text
+    seen_by_agent = agent_client.get(f"/staff/jobs/{job.id}")
+    assert ">Resume</button>" not in seen_by_agent.text
+    assert agent_client.post(
+        f"/staff/jobs/{job.id}/resume", data={"csrf_token": csrf_token(seen_by_agent.text)}
+    ).status_code == 403
+    assert admin_client.post(f"/staff/jobs/{job.id}/resume").status_code == 400  # no CSRF token
+
+    resumed = admin_client.post(
+        f"/staff/jobs/{job.id}/resume", data={"csrf_token": csrf_token(page.text)}
+    )
+    assert resumed.status_code == 303
+    assert "goes on after the last item it finished" in admin_client.get(
+        resumed.headers["Location"]
+    ).text
+    jobs.work(once=True)
+    db.session.refresh(job)
+    assert job.status == "done"
+    assert done == [1, 2, 3, 4, 5]  # nothing finished was done again
+
+    again = admin_client.post(
+        f"/staff/jobs/{job.id}/resume", data={"csrf_token": csrf_token(page.text)}
+    )
+    assert "Only a job that failed can be resumed." in admin_client.get(
+        again.headers["Location"]
+    ).text
+
+
+def test_a_failed_campaign_send_is_resumed_from_the_campaigns_page(admin_client):
+    news = lists.create_list("news", "News")
+    campaign = campaigns.create(
+        subject="Hello", text_body="Hi", html_body="", list_id=news.id, author="test"
+    )
+    db.session.commit()
+    job = campaigns.send(campaign, author="test")
+    job.status, job.error = "failed", "an unexpected error (RuntimeError)"
+    db.session.commit()
+    page = admin_client.get(f"/staff/jobs/{job.id}")
+    assert f'href="/staff/campaigns/{campaign.id}"' in page.text
+    assert ">Resume</button>" not in page.text
+    answer = admin_client.post(
+        f"/staff/jobs/{job.id}/resume", data={"csrf_token": csrf_token(page.text)}
+    )
+    assert answer.headers["Location"] == f"/staff/campaigns/{campaign.id}"
+    db.session.refresh(job)
+    assert job.status == "failed"  # the campaign's own page checks its rule, then resumes
