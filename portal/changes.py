@@ -392,8 +392,14 @@ def confirm(contact: Contact, public_id: str, *,
                PendingChange.id < change.id)
         .values(status="superseded", decided_at=utcnow())
     )
-    _send(contact, "receipt", _l("Your changes are confirmed"), change.language, items=lines)
+    _send(contact, "receipt", _l("Your changes are confirmed"), change.language, items=lines,
+          erasure=asks_erasure(change))
     return "applied", change
+
+
+def asks_erasure(change: PendingChange) -> bool:
+    """Say whether a change asks for erasure, after which every earlier link is dead."""
+    return any(item.kind == ERASURE and item.value for item in change.changes())
 
 
 def undo(contact: Contact, public_id: str, *,

@@ -149,8 +149,8 @@ def demo_command():
     db.session.commit()
     click.echo(summary.describe())
     click.echo("Sample preference links:")
-    for url in demo.sample_links():
-        click.echo(f"  {url}")
+    for about, url in demo.sample_links():
+        click.echo(f"  {about}\n    {url}")
     click.echo(f"Sample sign-up form (a business's own page): {links.public_url('/demo/signup')}")
 
 

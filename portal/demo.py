@@ -25,6 +25,7 @@ from portal import lists
 from portal import outbox
 from portal import settings
 from portal import staff
+from portal.choices import page_for
 from portal.contacts import OptIn
 from portal.db import db
 from portal.ledger import Evidence
@@ -339,11 +340,23 @@ def _queue_preference_mail(contact: contacts.Contact) -> None:
         )
 
 
-def sample_links(count: int = 3) -> list[str]:
-    """Return preference links of a few demo contacts of different regions and languages."""
+#: The languages of the demo's contacts, as the sample links name them.
+LANGUAGE_NAMES = {"de": "German", "en": "English", "fr": "French", "ja": "Japanese"}
+
+
+def sample_links(count: int = 3) -> list[tuple[str, str]]:
+    """Return preference links of a few demo contacts of different regions and languages,
+    each with a line saying whose it is and what their page shows."""
     chosen = []
     for number in SAMPLE_NUMBERS:
         contact = contacts.find_by_email(f"contact{number:02d}@demo.example")
         if contact is not None:
-            chosen.append(manage_url(contact))
+            language = LANGUAGE_NAMES.get(contact.language or "en", contact.language)
+            shows = (
+                "the whole page"
+                if page_for(contact).full
+                else "the email options only: outside the page's audience rule"
+            )
+            about = f"{contact.email}, {language}, region {contact.region or 'none'}: {shows}"
+            chosen.append((about, manage_url(contact)))
     return chosen[:count]

@@ -63,6 +63,11 @@ def test_demo_loads_once_prints_three_links_and_changes_nothing_the_second_time(
         assert url.startswith("https://prefs.example.test/p/")
         contact, _ = links.read_token("manage", url.rsplit("/", 1)[1])
         assert contact.email.endswith("@demo.example")
+    # Each link says whose it is and what its page shows, one of them only the email options.
+    lines = first.output.splitlines()
+    about = [lines[lines.index(line) - 1].strip() for line in lines if "/p/" in line]
+    assert all("@demo.example" in line and "region" in line for line in about)
+    assert sum("the email options only" in line for line in about) == 1
 
     report = ledger.verify()
     assert report.ok, report.problem

@@ -304,6 +304,7 @@ def confirm(token: str):
     db.session.commit()
     reading_only_from_here()
     return render_template("preferences/confirmed.html", status=status,
+                           erasure=status == "applied" and changes.asks_erasure(change),
                            manage_token=make_token("manage", contact))
 
 
