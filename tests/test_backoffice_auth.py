@@ -164,6 +164,7 @@ SAMPLE_VALUES = {
 }
 ADMIN_ONLY = {
     "backoffice.jobs_start",
+    "backoffice.jobs_resume",
     # The consent-page settings (S2).
     "backoffice.settings_edit",
     "backoffice.settings_history",
