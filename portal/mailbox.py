@@ -33,23 +33,27 @@ class CapturedMail(db.Model):
     raw: Mapped[str] = mapped_column(sa.Text)
 
     def parsed(self) -> email.message.EmailMessage:
-        return email.message_from_string(self.raw, policy=email.policy.default)
+        # From bytes, as it arrived: parsed from a str, an 8bit part's non-ASCII characters
+        # would be re-encoded as raw-unicode-escape before its charset decodes them, and "é"
+        # would show as "�", "–" as a literal "\u2013".
+        return email.message_from_bytes(self.raw.encode("utf-8"), policy=email.policy.default)
 
     def part(self, subtype: str) -> str | None:
-        """Return the message's text/plain or text/html part, decoded."""
+        """Return the message's text/plain or text/html part, decoded with its declared
+        transfer encoding (8bit, quoted-printable, base64) and charset."""
         body = self.parsed().get_body(preferencelist=(subtype,))
         return body.get_content() if body is not None else None
 
 
 def capture(mail_from: str, rcpt_tos: list[str], data: bytes) -> CapturedMail:
     """Store one received message."""
-    raw = data.decode("utf-8", errors="replace")
-    parsed = email.message_from_string(raw, policy=email.policy.default)
     captured = CapturedMail(
-        mail_from=mail_from[:254], rcpt_to="\n".join(rcpt_tos), raw=raw,
-        subject=str(parsed.get("Subject", ""))[:998],
-        message_id=str(parsed.get("Message-ID", ""))[:250] or None,
+        mail_from=mail_from[:254], rcpt_to="\n".join(rcpt_tos),
+        raw=data.decode("utf-8", errors="replace"),
     )
+    parsed = captured.parsed()
+    captured.subject = str(parsed.get("Subject", ""))[:998]
+    captured.message_id = str(parsed.get("Message-ID", ""))[:250] or None
     db.session.add(captured)
     db.session.flush()
     return captured

@@ -1,6 +1,8 @@
 """The demo mailbox (issue 3, item 4): mail goes out over SMTP and is readable by staff."""
 
 import re
+import smtplib
+from email.message import EmailMessage
 
 import flask_migrate
 import pytest
@@ -71,6 +73,84 @@ def test_demo_mail_arrives_in_the_mailbox_with_working_links(demo_app):
     assert f'href="{link}"' in html.text
     # The link opens the contact's page.
     assert client.get(link.removeprefix("http://127.0.0.1:5000")).status_code == 200
+
+
+def _deliver(app, subject: str, text: str, html: str) -> int:
+    """Send one message through the outbox (Flask-Mail over SMTP) and return its mailbox id."""
+    with app.app_context():
+        contact = demo.contacts.find_by_email("contact06@demo.example")  # a German contact
+        outbox.enqueue(category="own_action", contact=contact, recipient=contact.email,
+                       subject=subject, text_body=text, html_body=html)
+        db.session.commit()
+        outbox.work(once=True)
+        return next(m.id for m in mailbox.messages() if m.subject == subject)
+
+
+def _send_encoded(app, subject: str, text: str, html: str, text_cte: str, html_cte: str) -> int:
+    """Send a message straight to the mailbox's SMTP server, its parts in the transfer
+    encodings given, and return its mailbox id."""
+    message = EmailMessage()
+    message["From"] = "sender@example.test"
+    message["To"] = "contact06@demo.example"
+    message["Subject"] = subject
+    message.set_content(text, cte=text_cte)
+    message.add_alternative(html, subtype="html", cte=html_cte)
+    with smtplib.SMTP(app.config["MAIL_SERVER"], app.config["MAIL_PORT"]) as smtp:
+        smtp.send_message(message)
+    with app.app_context():
+        return next(m.id for m in mailbox.messages() if m.subject == subject)
+
+
+GERMAN_TEXT = "Hallo Chloé,\nJemand – vermutlich Sie – hat Ihre Einstellungen geändert.\n"
+GERMAN_HTML = "<p>Hallo Chloé,</p><p>Jemand – vermutlich Sie – hat sie geändert.</p>" \
+              '<p><a href="http://127.0.0.1:5000/">Prüfen und bestätigen</a></p>'
+
+
+@pytest.mark.parametrize("encoding", ["8bit (the outbox)", "quoted-printable", "base64",
+                                      "quoted-printable text, base64 HTML"])
+def test_the_mailbox_shows_accented_letters_and_dashes_as_sent(demo_app, encoding):
+    subject = f"Ihre Änderungen – {encoding}"
+    if encoding.startswith("8bit"):
+        mail_id = _deliver(demo_app, subject, GERMAN_TEXT, GERMAN_HTML)
+    else:
+        text_cte, html_cte = {"quoted-printable": ("quoted-printable", "quoted-printable"),
+                              "base64": ("base64", "base64")}.get(
+                                  encoding, ("quoted-printable", "base64"))
+        mail_id = _send_encoded(demo_app, subject, GERMAN_TEXT, GERMAN_HTML, text_cte, html_cte)
+
+    client = signed_in_client(demo_app)
+    assert subject in client.get("/staff/mailbox").text
+    page = client.get(f"/staff/mailbox/{mail_id}").text
+    assert "Hallo Chloé," in page
+    assert "Jemand – vermutlich Sie – hat Ihre Einstellungen geändert." in page
+    assert "\ufffd" not in page and "\\u2013" not in page
+    frame = client.get(f"/staff/mailbox/{mail_id}/html").text
+    assert "<p>Hallo Chloé,</p><p>Jemand – vermutlich Sie – hat sie geändert.</p>" in frame
+    assert ">Prüfen und bestätigen</a>" in frame
+    assert "\ufffd" not in frame and "\\u2013" not in frame
+
+
+def test_the_mail_frame_opens_its_links_in_a_new_tab_and_runs_nothing(demo_app):
+    mail_id = _deliver(demo_app, "Your changes", "See http://127.0.0.1:5000/ now.",
+                       '<!DOCTYPE html><html><head><title>Mail</title></head><body>'
+                       '<p><a href="http://127.0.0.1:5000/">Undo these changes</a></p>'
+                       "</body></html>")
+    client = signed_in_client(demo_app)
+
+    page = client.get(f"/staff/mailbox/{mail_id}").text
+    frames = re.findall(r'<iframe class="mail-html"[^>]*>', page)
+    assert len(frames) == 1
+    assert 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in frames[0]
+
+    frame = client.get(f"/staff/mailbox/{mail_id}/html")
+    # The base target comes first, after the doctype, so it wins and keeps standards mode.
+    assert frame.text.startswith('<!DOCTYPE html><base target="_blank"><html>')
+    assert frame.text.count("<base") == 1
+    policy = frame.headers["Content-Security-Policy"]
+    assert policy.endswith("; sandbox allow-popups allow-popups-to-escape-sandbox")
+    assert "allow-scripts" not in policy and "allow-same-origin" not in policy
+    assert "script-src" not in policy and "default-src 'none'" in policy
+    assert frame.headers["X-Frame-Options"] == "SAMEORIGIN"
 
 
 def test_the_mailbox_exists_only_in_the_demo(client):

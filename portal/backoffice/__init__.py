@@ -1,5 +1,6 @@
 """The staff back office: sign-in, and the pages for each area (one module per area)."""
 
+import re
 from functools import wraps
 
 import sqlalchemy as sa
@@ -55,11 +56,26 @@ def contact_or_404(public_id: str) -> Contact:
     return contact
 
 
+#: The framed document's start, up to and with its doctype if it has one.
+DOCUMENT_START = re.compile(r"\A\s*(?:<!doctype[^>]*>)?", re.IGNORECASE)
+#: Made the first element of a frame whose sandbox lets popups out: its links open in a new
+#: top-level tab, never in the frame, where the portal's pages refuse to load
+#: (frame-ancestors 'none'). A link with target _blank has no opener (rel=noopener).
+NEW_TAB_BASE = '<base target="_blank">'
+
+
 def framed(html: str | None, policy: str):
     """Answer with the HTML a back-office page shows in a frame, under its own sandboxing
-    Content-Security-Policy; 404 when there is none."""
+    Content-Security-Policy; 404 when there is none.
+
+    Where the policy's sandbox allows popups out of it (a mail's HTML), the document's links
+    open in a new tab; elsewhere (the settings' preview, no working link) it is left as it is.
+    """
     if html is None:
         abort(404)
+    if "allow-popups-to-escape-sandbox" in policy:
+        start = DOCUMENT_START.match(html).end()
+        html = html[:start] + NEW_TAB_BASE + html[start:]
     response = make_response(html)
     response.headers["Content-Security-Policy"] = policy
     response.headers["X-Frame-Options"] = "SAMEORIGIN"

@@ -18,7 +18,8 @@ from portal.db import db
 URL = re.compile(r"https?://[^\s<>\"']+")
 
 # The captured HTML part is shown in a sandboxed frame: no script, no form, nothing loaded from
-# elsewhere; only its links work, opening in a new tab.
+# elsewhere; only its links work, opening in a new tab (framed gives the document a base target
+# _blank; the frame's sandbox, here and on the iframe, allows that popup out of the sandbox).
 MAIL_FRAME_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "frame-ancestors 'self'; sandbox allow-popups allow-popups-to-escape-sandbox"
