@@ -900,3 +900,74 @@ def test_a_rule_that_no_longer_holds_is_said_and_stops_the_send(agent_client, re
     sent = agent_client.post(url + "/send", data={"csrf_token": csrf_token(confirm.text)})
     assert sent.status_code == 200 and "rules cannot use sensitive fields" in sent.text
     assert db.session.scalar(sa.select(sa.func.count()).select_from(jobs.Job)) == 0
+
+
+# The status and the banner follow the sending as the counts do (the newcomer's walk: "Sent: 7,
+# job done" under "Status: sending" and "The campaign is being sent").
+
+
+def status_and_banner(text: str) -> tuple[str, str]:
+    status = re.search(r'<dd id="campaign-status"[^>]*>([^<]*)</dd>', text)
+    banner = re.search(r'<div id="campaign-state"[^>]*>(.*?)</div>', text, re.S)
+    return status.group(1), re.sub(r"<[^>]+>", "", banner.group(1))
+
+
+def test_the_polled_counts_bring_the_status_and_banner_along(
+    agent_client, audience, newsletter, smtp
+):
+    campaign = draft(newsletter)
+    url = send_from_the_back_office(agent_client, campaign)
+    page = agent_client.get(url)
+    assert status_and_banner(page.text) == (
+        "sending", "The campaign is being sent. This page shows its progress."
+    )
+    assert "hx-swap-oob" not in page.text  # in place on the page itself
+
+    deliver_all()
+    fragment = agent_client.get(url, headers={"HX-Request": "true"})
+    assert fragment.text.lstrip().startswith('<section id="campaign-counts"')
+    assert re.search(r"Sent: <strong>3</strong>", fragment.text)
+    assert status_and_banner(fragment.text) == ("sent", "The campaign is sent.")
+    assert 'id="campaign-status" class="status" hx-swap-oob="true"' in fragment.text
+    assert 'id="campaign-state" class="flashes" role="status" hx-swap-oob="innerHTML"' in (
+        fragment.text
+    )
+    assert "hx-trigger" not in fragment.text and "being sent" not in fragment.text
+
+    # Without JavaScript a reload says the same.
+    page = agent_client.get(url)
+    assert status_and_banner(page.text) == ("sent", "The campaign is sent.")
+    assert "being sent" not in page.text and "hx-trigger" not in page.text
+
+
+def test_a_stalled_send_says_so_above_and_keeps_its_resume_form(
+    agent_client, newsletter, smtp, monkeypatch
+):
+    add("r1@example.test", OptIn.DOUBLE, newsletter)
+    db.session.commit()
+    campaign = draft(newsletter)
+    url = send_from_the_back_office(agent_client, campaign)
+
+    def fails(addresses):
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(suppression, "suppressed_among", fails)
+    jobs.work(once=True)
+    monkeypatch.undo()
+    for answer in (agent_client.get(url, headers={"HX-Request": "true"}), agent_client.get(url)):
+        status, banner = status_and_banner(answer.text)
+        assert status == "sending" and banner.startswith("Sending stopped on an error.")
+        assert "Resume sending" in answer.text and "hx-trigger" not in answer.text
+    resumed = press_resume(agent_client, url)
+    assert status_and_banner(resumed.text)[1] == (
+        "The campaign is being sent. This page shows its progress."
+    )
+    deliver_all()
+    assert recipients(smtp) == ["r1@example.test"]
+    assert status_and_banner(agent_client.get(url).text) == ("sent", "The campaign is sent.")
+
+
+def test_a_draft_has_no_banner(agent_client, audience, newsletter):
+    campaign = draft(newsletter)
+    page = agent_client.get(f"/staff/campaigns/{campaign.id}")
+    assert status_and_banner(page.text) == ("draft", "")

@@ -1,6 +1,8 @@
 """Preview contacts: found by address or public id, or made of typed-in values and never
 saved."""
 
+import re
+
 import pytest
 import sqlalchemy as sa
 
@@ -38,3 +40,25 @@ def test_a_typed_in_contact_needs_a_known_kind_and_status(app):
         preview.transient_contact({"kind": "robot"})
     with pytest.raises(ValueError, match="known kind"):
         preview.transient_contact({"opt_in_status": "forever"})
+
+
+def _heading(text: str) -> str:
+    return re.search(r'<h2 id="preview-heading">([^<]*)</h2>', text).group(1)
+
+
+def test_the_preview_names_the_contact_by_address_never_by_public_id(admin_client):
+    ada = contacts.add_contact("ada@example.com", first_name="Ada", method="staff", actor="t")
+    db.session.commit()
+    for typed in ("ada@example.com", " ADA@example.com", ada.public_id):
+        page = admin_client.get("/staff/settings/preview", query_string={"contact": typed})
+        assert page.status_code == 200
+        assert _heading(page.text) == "Preview of the page for the contact ada@example.com"
+        assert ada.public_id not in _heading(page.text)
+    typed_in = admin_client.get(
+        "/staff/settings/preview", query_string={"first_name": "Zoe", "kind": "lead",
+                                                 "opt_in_status": "none"}
+    )
+    assert _heading(typed_in.text) == "Preview of the page for a contact with the values typed in"
+    unknown = admin_client.get("/staff/settings/preview", query_string={"contact": "x@y.example"})
+    assert unknown.status_code == 200 and 'id="preview-heading"' not in unknown.text
+    assert "No contact has this email address or public id." in unknown.text

@@ -138,6 +138,18 @@ def _labels() -> dict:
     return {"left_out_labels": LEFT_OUT_LABELS, "failure_labels": FAILURE_LABELS}
 
 
+def _live(campaign: campaigns.Campaign, counts: dict) -> bool:
+    """Say whether messages are still to be queued or sent, so that htmx polls the counts.
+
+    A failed job stops the polling, so that the resume form stays put while staff reach for it.
+    """
+    if campaign.stalled:
+        return False
+    job = campaign.job
+    unfinished = campaign.status == "sending" and not (job is not None and job.finished)
+    return unfinished or bool(counts["queued"])
+
+
 def _breakdown(campaign: campaigns.Campaign, policy: str | None = None) -> dict:
     """Return who a draft would go to and who not, or why that cannot be said."""
     try:
@@ -193,14 +205,24 @@ def campaigns_edit(campaign_id: int):
 @bp.get("/campaigns/<row_id:campaign_id>")
 @role_required(*STAFF)
 def campaigns_show(campaign_id: int):
-    """Show a campaign and its live counts; htmx polls the counts while it is sending."""
+    """Show a campaign and its live counts; htmx polls the counts while it is sending.
+
+    The polled fragment also carries the campaign's status and banner (out of band), so that
+    they change with the counts rather than at the next reload.
+    """
     campaign = db.get_or_404(campaigns.Campaign, campaign_id)
-    context = {"campaign": campaign, "counts": campaigns.counts(campaign), **_labels()}
+    counts = campaigns.counts(campaign)
+    context = {
+        "campaign": campaign,
+        "counts": counts,
+        "live": _live(campaign, counts),
+        **_labels(),
+    }
     if campaign.editable and not htmx.wants_fragment():
         # A draft's audience as it stands now; once sent, the page shows it as it stood then.
         context["breakdown"] = _breakdown(campaign)
     return htmx.render(
-        "backoffice/campaigns/show.html", "backoffice/campaigns/_counts.html", **context
+        "backoffice/campaigns/show.html", "backoffice/campaigns/_poll.html", **context
     )
 
 
@@ -276,7 +298,7 @@ def campaigns_send(campaign_id: int):
             error = str(refused)
         else:
             db.session.commit()
-            flash(_("The campaign is being sent. This page shows its progress."))
+            # No flash: the page's own banner says how sending goes, and stays true as it moves.
             return redirect(url_for("backoffice.campaigns_show", campaign_id=campaign.id), code=303)
     policy = settings.values()["campaign_policy"]
     return render_template(

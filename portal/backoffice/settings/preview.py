@@ -40,7 +40,9 @@ def _preview_contact(form: PreviewForm):
         contact = find_contact(form.contact.data)
         if contact is None or contact.erased_at is not None:
             return None, _("No contact has this email address or public id.")
-        return contact, _("the contact %(ref)s", ref=contact.public_id)
+        # Named as staff know them, by address (the public id is the links' business).
+        named = contact.email or contact.display_name or contact.public_id
+        return contact, _("the contact %(ref)s", ref=named)
     typed = {name: form[name].data for name in PREVIEW_COLUMNS if name in form}
     typed.update(
         {
