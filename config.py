@@ -19,9 +19,8 @@ class Config:
 
     # Database. None means SQLite in the instance folder (the embedded default).
     SQLALCHEMY_DATABASE_URI: str | None = None
-    # A database error's text and the log never carry a statement's values: they may be a
-    # contact's address or name, which would then outlive an erasure in the logs.
-    SQLALCHEMY_ENGINE_OPTIONS: dict = {"hide_parameters": True}
+    # db.init_app adds hide_parameters to whatever is set here (see there).
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {}
     # A pooled database connection idle for longer than this is pinged before use, and
     # replaced if the server dropped it (a restart, an idle timeout). One in steady use is not:
     # a ping before every request would be one more round trip each time.

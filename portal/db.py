@@ -210,6 +210,11 @@ def _render_item(type_, obj, _context):
 
 def init_app(app) -> None:
     """Bind the database and migrations to the app."""
+    # A database error's text and the log never carry a statement's values: they may be a
+    # contact's address or name, which would then outlive an erasure in the logs. Added to
+    # the engine options a deployment sets, never replaced by them.
+    options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {**options, "hide_parameters": True}
     db.init_app(app)
     directory = Path(app.root_path).parent / "migrations"
     migrate.init_app(

@@ -33,7 +33,8 @@ class CapturedMail(db.Model):
     raw: Mapped[str] = mapped_column(sa.Text)
 
     def parsed(self) -> email.message.EmailMessage:
-        # From bytes, as it arrived: parsed from a str, an 8bit part's non-ASCII characters
+        # From bytes (its UTF-8, as the portal sends; a capture of another charset's 8bit mail
+        # was already decoded with replacement): parsed from a str, an 8bit part's characters
         # would be re-encoded as raw-unicode-escape before its charset decodes them, and "é"
         # would show as "�", "–" as a literal "\u2013".
         return email.message_from_bytes(self.raw.encode("utf-8"), policy=email.policy.default)

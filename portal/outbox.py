@@ -402,7 +402,8 @@ def deliver(ids: list[int], tally: Tally) -> None:
                 row = db.session.get(OutboxMessage, remaining.pop(0))
                 row.status, row.lease_until = "failed", None
                 row.attempts += 1
-                row.reason = f"cannot be sent: {type(error).__name__}: {error}"[:500]
+                # Its kind only: the error's text may quote the address.
+                row.reason = f"cannot be written as SMTP ({type(error).__name__})"
                 db.session.commit()
                 tally.add("failed")
                 break  # the SMTP session may be mid-transaction; start the rest afresh

@@ -356,7 +356,7 @@ def test_a_failed_send_job_is_resumed_from_the_campaign_page_without_a_second_co
     assert "hx-trigger" not in page.text  # the form stays put: nothing polls it away
 
     resumed = press_resume(agent_client, url)
-    assert "Sending resumes where it stopped." in resumed.text
+    assert "The campaign is being sent" in resumed.text
     assert "Resume sending" not in resumed.text and "hx-trigger" in resumed.text
     deliver_all()
     # Everyone exactly once: the four sent before the failure got no second copy.

@@ -379,3 +379,18 @@ def test_the_command_line_deletes_a_record_when_asked_to(runner, person, smtp):
     assert len(smtp.to(ADDRESS)) == 1
     assert _traces_left() == []
     assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+
+
+def test_a_receipt_the_mail_server_refuses_keeps_no_address_in_its_reason(
+    admin_client, person, smtp
+):
+    smtp.data_replies.append(f"550 5.1.1 <{ADDRESS.upper()}>: unknown user")
+    _erase(admin_client, person)
+    outbox.work(once=True)
+    receipt = db.session.scalar(
+        sa.select(outbox.OutboxMessage).where(outbox.OutboxMessage.category == "erasure_receipt")
+    )
+    assert receipt.status == "failed"
+    assert "unknown user" in receipt.reason  # the server's answer is kept...
+    assert ADDRESS not in receipt.reason.lower()  # ...but not the address it quotes
+    assert "z***@e***.com" in receipt.reason.lower()

@@ -592,10 +592,12 @@ def test_erasure_or_a_link_version_bump_kills_every_old_link(client, smtp, world
         assert "Your changes are confirmed" in confirmed
         # The page and the receipt say that erasure is to come, and that old links are dead.
         assert "erase your personal data within one month" in confirmed
-        assert "links in our earlier emails no longer work" in confirmed
+        assert "links to your preferences in our earlier emails no longer work" in confirmed
         deliver()
         [receipt] = mail(smtp, ada, "Your changes are confirmed")
-        assert "links in our earlier emails no longer work" in text_of(receipt)
+        assert "links to your preferences in our earlier emails no longer work" in text_of(
+            receipt
+        )
         assert state(ada)["erasure_requested"]
     elif how == "link version bump":
         ada.link_version += 1

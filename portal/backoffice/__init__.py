@@ -64,16 +64,17 @@ DOCUMENT_START = re.compile(r"\A\s*(?:<!doctype[^>]*>)?", re.IGNORECASE)
 NEW_TAB_BASE = '<base target="_blank">'
 
 
-def framed(html: str | None, policy: str):
+def framed(html: str | None, policy: str, *, new_tab: bool = False):
     """Answer with the HTML a back-office page shows in a frame, under its own sandboxing
     Content-Security-Policy; 404 when there is none.
 
-    Where the policy's sandbox allows popups out of it (a mail's HTML), the document's links
-    open in a new tab; elsewhere (the settings' preview, no working link) it is left as it is.
+    With `new_tab` (a mail's HTML, whose policy's sandbox lets popups out of it), the
+    document's links open in a new tab; otherwise (the settings' preview, no working link) it
+    is left as it is.
     """
     if html is None:
         abort(404)
-    if "allow-popups-to-escape-sandbox" in policy:
+    if new_tab:
         start = DOCUMENT_START.match(html).end()
         html = html[:start] + NEW_TAB_BASE + html[start:]
     response = make_response(html)

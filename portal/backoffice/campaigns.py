@@ -277,7 +277,7 @@ def campaigns_preview_html(campaign_id: int):
         html = campaigns.render(campaign, contact)[2]
     except campaigns.CampaignError:
         html = None  # the preview page says why; it shows no frame then
-    return framed(html, MAIL_FRAME_POLICY)
+    return framed(html, MAIL_FRAME_POLICY, new_tab=True)
 
 
 @bp.route("/campaigns/<row_id:campaign_id>/send", methods=["GET", "POST"])
@@ -324,6 +324,6 @@ def campaigns_resume(campaign_id: int):
         db.session.rollback()
         flash(_("Sending cannot resume: %(reason)s", reason=refused))
     else:
+        # No flash, as after Send: the page's banner says how sending goes.
         db.session.commit()
-        flash(_("Sending resumes where it stopped. This page shows its progress."))
     return redirect(url_for("backoffice.campaigns_show", campaign_id=campaign.id), code=303)

@@ -76,4 +76,5 @@ def mailbox_show(mail_id: int):
 def mailbox_html(mail_id: int):
     """Serve a caught message's HTML part, sandboxed, for the frame on its page."""
     _demo_only()
-    return framed(db.get_or_404(mailbox.CapturedMail, mail_id).part("html"), MAIL_FRAME_POLICY)
+    html = db.get_or_404(mailbox.CapturedMail, mail_id).part("html")
+    return framed(html, MAIL_FRAME_POLICY, new_tab=True)

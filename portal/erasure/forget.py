@@ -256,6 +256,23 @@ def _mask_receipt_address(row, status, _previous, _initiator) -> None:
         row.recipient = mask_email(row.recipient)
 
 
+#: An address as a mail server's answer may quote it.
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:@]+@[^\s<>\"'(),;:@]+")
+
+
+@sa.event.listens_for(Session, "before_flush")
+def _mask_receipt_reasons(session, _context, _instances) -> None:
+    """Mask any address in an erasure receipt's outcome (a bounce quotes its recipient)."""
+    for row in (*session.new, *session.dirty):
+        if (
+            isinstance(row, outbox.OutboxMessage)
+            and row.category == Category.ERASURE_RECEIPT.value
+            and row.reason
+            and "@" in row.reason
+        ):
+            row.reason = _ADDRESS.sub(lambda found: mask_email(found.group(0)), row.reason)
+
+
 @sa.event.listens_for(Session, "before_flush")
 def _mask_caught_receipts(session, _context, _instances) -> None:
     """Mask a suppressed address in mail the demo mailbox catches (the erasure receipt)."""
