@@ -14,6 +14,7 @@ from flask_babel import lazy_gettext as _l
 
 from portal import consent
 from portal import contacts
+from portal import doi
 from portal import gate
 from portal import ledger
 from portal import optin
@@ -27,8 +28,6 @@ from portal.contacts import Contact
 from portal.contacts import ContactError
 from portal.contacts import FieldDefinition
 from portal.db import db
-from portal.db import utcnow
-from portal.doi import DoiRequest
 from portal.outbox import OutboxMessage
 from portal.staff import RevealPermission
 from portal.staff import StaffUser
@@ -185,11 +184,7 @@ def change_email(contact: Contact, address: str, *, actor: str) -> None:
     contact.link_version += 1
     _record(contact, "email", "email_changed", actor)
     optin.address_changed(contact, method="staff", actor=actor)
-    db.session.execute(
-        sa.update(DoiRequest)
-        .where(DoiRequest.contact_id == contact.id, DoiRequest.status == "pending")
-        .values(status="expired", decided_at=utcnow())
-    )
+    doi.expire_open(contact)
     db.session.flush()
 
 

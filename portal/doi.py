@@ -137,6 +137,16 @@ def _queue_mail(
     )
 
 
+def expire_open(contact: Contact) -> None:
+    """Expire the contact's requests still waiting: mailed to an address no longer theirs,
+    they get no reminder and cannot be confirmed."""
+    db.session.execute(
+        sa.update(DoiRequest)
+        .where(DoiRequest.contact_id == contact.id, DoiRequest.status == "pending")
+        .values(status="expired", decided_at=utcnow())
+    )
+
+
 def latest_request(contact: Contact) -> DoiRequest | None:
     """Return the contact's most recently mailed double opt-in request, if any."""
     return db.session.scalar(

@@ -1,5 +1,5 @@
-"""Web hardening for every page: security headers, trusted hosts, proxies, rate limits, numbers
-read from requests, and friendly error pages in the page's language."""
+"""Web hardening for every page: security headers, trusted hosts, proxies, rate limits, row ids
+in URLs, and friendly error pages in the page's language."""
 
 import hashlib
 from urllib.parse import urlsplit
