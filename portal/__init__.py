@@ -1,10 +1,13 @@
 """The GDPR contact preference portal."""
 
 from flask import Flask
+from flask import request
+from flask import url_for
 from flask_wtf import CSRFProtect
 
 from portal import i18n
 from portal.keys import ConfigError
+from portal.sessions import CookieSessions
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -22,6 +25,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     )
     # Templates compiled once per language (portal/i18n.py); set before the first use.
     app.jinja_environment = i18n.LocalizedEnvironment
+    app.session_interface = CookieSessions()
 
     from portal import configuration
     from portal import db
@@ -52,4 +56,18 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     from portal import cli
 
     cli.init_app(app)
+    app.add_template_global(_static_url, "static_url")
     return app
+
+
+#: Each static file's URL by (script root, file name): the same on every page.
+_STATIC_URLS: dict[tuple[str, str], str] = {}
+
+
+def _static_url(filename: str) -> str:
+    """Return url_for("static", filename=filename), built once per script root."""
+    key = (request.script_root, filename)
+    url = _STATIC_URLS.get(key)
+    if url is None:
+        url = _STATIC_URLS[key] = url_for("static", filename=filename)
+    return url

@@ -5,6 +5,7 @@ GET changes nothing and uses up nothing (R1).
 """
 
 import logging
+from functools import lru_cache
 
 from flask import Blueprint
 from flask import flash
@@ -162,13 +163,25 @@ def front():
     return render_template("preferences/front.html")
 
 
+@lru_cache(maxsize=16)
+def _words(language: str) -> tuple[dict, dict]:
+    """Return OPT_IN_WORDS and CONSENT_METHOD_WORDS translated into the current language.
+
+    Called with the current language's name, so each language's words are translated once per
+    process rather than through Flask-Babel each time a page shows them.
+    """
+    return ({status: str(text) for status, text in OPT_IN_WORDS.items()},
+            {method: str(text) for method, text in CONSENT_METHOD_WORDS.items()})
+
+
 def manage_context(token: str, page, wanted: dict | None = None) -> dict:
     """Return what preferences/manage.html needs: the real page and the staff preview share it."""
     contact = page.contact
+    opt_in_words, method_words = _words(str(get_locale()))
     return {"token": token, "page": page, "contact": contact,
             "positions": page.positions(wanted),
-            "opt_in_words": OPT_IN_WORDS[OptIn(contact.opt_in_status)],
-            "method_words": CONSENT_METHOD_WORDS,
+            "opt_in_words": opt_in_words[OptIn(contact.opt_in_status)],
+            "method_words": method_words,
             "highlight": request.args.get("list")}
 
 
