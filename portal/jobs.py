@@ -22,6 +22,7 @@ from sqlalchemy.orm import mapped_column
 from portal.db import db
 from portal.db import outage_tolerated
 from portal.db import utcnow
+from portal.rules import RuleError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
 def describe(error: Exception) -> str:
     """Say in plain words what stopped a job: the kind of error, never its text, which may quote
     what the job was handling (a database error quotes its statement and values)."""
+    if isinstance(error, RuleError):
+        # Its text names the rule's field and what is wrong with it, never a contact's data.
+        return f"a rule it uses no longer holds: {error}; fix the rule, then resume"
     if isinstance(error, sa.exc.DBAPIError):
         what = f"the database failed or could not be reached ({type(error.orig or error).__name__})"
     elif isinstance(error, sa.exc.SQLAlchemyError):

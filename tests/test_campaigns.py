@@ -395,7 +395,9 @@ def test_a_send_stopped_by_its_audience_rule_resumes_once_the_rule_holds_again(
     outbox.work(once=True)
     assert recipients(smtp) == ["eu@example.test"]
     page = agent_client.get(url)
-    assert "Queuing the messages stopped on an error: an unexpected error (RuleError)" in page.text
+    assert ("Queuing the messages stopped on an error: a rule it uses no longer holds: field "
+            "&#39;region&#39; is sensitive: rules cannot use sensitive fields; fix the rule, then "
+            "resume" in page.text)
 
     # Resuming now would fail again at once: refused, with the reason.
     refused = press_resume(agent_client, url)
