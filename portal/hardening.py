@@ -4,6 +4,7 @@ in URLs, and friendly error pages in the page's language."""
 import hashlib
 from urllib.parse import urlsplit
 
+from flask import Request
 from flask import render_template
 from flask import request
 from flask.globals import request_ctx
@@ -104,6 +105,25 @@ def render_error(error):
     return render_template(template, title=title, explanation=explanation, code=code), code
 
 
+class PortalRequest(Request):
+    """Flask's request, without the form fields whose name could not be read.
+
+    A multipart part whose header is broken (a line break inside ``name="..."``) reaches
+    Werkzeug's form as a field named None, and Flask-WTF's CSRF check, which reads every
+    field's name, fails on it with a 500. A field without a name belongs to no form of ours:
+    it is dropped, like any other unknown field.
+    """
+
+    def _load_form_data(self) -> None:
+        super()._load_form_data()
+        for name in ("form", "files"):
+            fields = self.__dict__.get(name)
+            if fields is not None and None in fields:
+                self.__dict__[name] = type(fields)(
+                    (key, value) for key, value in fields.items(multi=True) if key is not None
+                )
+
+
 class RowId(IntegerConverter):
     """A row id in a URL (``<row_id:name>``): a number the database's integer can hold, so
     that a larger one is a 404 and never a database error."""
@@ -115,6 +135,7 @@ class RowId(IntegerConverter):
 def init_app(app) -> None:
     """Install the headers, host checks, proxy handling, limiter, error pages and row ids."""
     app.url_map.converters["row_id"] = RowId
+    app.request_class = PortalRequest
     if app.config.get("TRUSTED_HOSTS") is None and not app.testing:
         host = urlsplit(app.config["PORTAL_BASE_URL"]).hostname
         app.config["TRUSTED_HOSTS"] = [host, "localhost"] if app.config["PORTAL_DEMO"] else [host]

@@ -4,6 +4,8 @@ import pytest
 from conftest import make_config
 
 from portal import create_app
+from portal import lists
+from portal.db import db
 
 
 def test_every_page_has_the_security_headers(client):
@@ -91,3 +93,27 @@ def test_proxy_hops_decide_which_address_is_the_client(tmp_path):
     plain.test_client().get("/__address", headers={"X-Forwarded-For": "203.0.113.9"},
                             environ_base={"REMOTE_ADDR": "10.0.0.1"})
     assert seen["address"] == "10.0.0.1"
+
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "kept"),
+    [
+        # No session and no token: "review and resubmit", with the typed address kept.
+        ("/link", 400, True),
+        ("/staff/sign-in", 400, False),
+        # The web form takes no token: the address is signed up as usual.
+        ("/f/news", 303, False),
+    ],
+)
+def test_a_form_part_whose_name_cannot_be_read_is_dropped_not_a_500(
+    client, app, path, status, kept
+):
+    # A line break inside a multipart part's name="..." leaves Werkzeug a field named None,
+    # which Flask-WTF's CSRF check used to fail on (found by tests/test_fuzz_forms.py).
+    lists.create_list("news", "News")
+    db.session.commit()
+    response = client.post(path, data={"\n": "x", "email": "someone@example.com"},
+                           content_type="multipart/form-data")
+    assert response.status_code == status
+    assert ("someone@example.com" in response.text) is kept
