@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
+from test_backoffice_settings import settings_data
 from test_changes import add_contact
 from test_changes import configure
 from test_preferences import deliver
@@ -25,6 +26,7 @@ from test_preferences import the_mail
 from portal import consent
 from portal import doi
 from portal import lists
+from portal import settings
 from portal.changes import PendingChange
 from portal.changes import Undo
 from portal.contacts import OptIn
@@ -231,6 +233,34 @@ def test_a_record_edit_whose_version_is_no_number_is_shown_as_changed_meanwhile(
     assert "Someone changed this record after you opened the form." in response.text
     db.session.expire_all()
     assert cy.first_name == "Cyrus"
+
+
+@pytest.mark.parametrize("bad", [*BAD_NUMBERS, "9" * 400])
+@pytest.mark.parametrize("form", ["settings", "consent", "list"])
+def test_a_settings_form_whose_edit_number_is_no_number_is_stale_and_saves_nothing(
+    admin_client, app, form, bad
+):
+    # A number past a float's range used to overflow in WTForms' NumberRange: a 500 (found
+    # by tests/test_fuzz_staff_forms.py).
+    news = lists.create_list("news", "News")
+    partners = consent.define("partners", "custom", "Share with partners", "We share.")
+    db.session.commit()
+    path, data = {
+        "settings": ("/staff/settings", settings_data(None, policy_html="<p>New</p>")),
+        "consent": (f"/staff/settings/consents/{partners.id}",
+                    {"title": "New title", "text": "We share.", "condition-combine": "all"}),
+        "list": (f"/staff/settings/lists/{news.id}", {"name": "New name"}),
+    }[form]
+    page = admin_client.get(path)
+    response = admin_client.post(path, data={**data, "csrf_token": csrf_token(page.text),
+                                             "based_on": bad})
+    assert response.status_code == 200
+    assert "This form is incomplete. Reload the page and make your changes again." in (
+        response.text)
+    db.session.expire_all()
+    assert settings.values()["policy_html"] != "<p>New</p>"
+    assert partners.current_version.title == "Share with partners"
+    assert news.name == "News"
 
 
 @pytest.mark.parametrize("path", [

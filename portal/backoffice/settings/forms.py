@@ -19,13 +19,13 @@ from wtforms import TextAreaField
 from wtforms.validators import DataRequired
 from wtforms.validators import InputRequired
 from wtforms.validators import Length
-from wtforms.validators import NumberRange
 from wtforms.validators import Optional
 
 from portal import rules
 from portal.contacts import KINDS
 from portal.contacts import OptIn
 from portal.db import canonical_json
+from portal.db import whole_number
 
 STALE_FORM = _l("This form is incomplete. Reload the page and make your changes again.")
 #: Blank rows offered under a rule's conditions, so one can be added without JavaScript.
@@ -84,12 +84,28 @@ class RuleForm(Form):
     nested = HiddenField()
 
 
+class EditNumberField(IntegerField):
+    """The hidden number of the edit a form was based on, which tells a stale form.
+
+    ASCII digits within the database's integer, else the form is stale: WTForms' own
+    IntegerField takes "²" for a digit and NumberRange turns a number of 400 digits into a
+    float, which overflows (a 500).
+    """
+
+    widget = HiddenField.widget
+
+    def __init__(self, **kwargs):
+        super().__init__(default=0, validators=[InputRequired(STALE_FORM)], **kwargs)
+
+    def process_formdata(self, valuelist):
+        if valuelist:
+            self.data = whole_number(valuelist[0])
+            if self.data is None:
+                raise ValueError(STALE_FORM)
+
+
 class SettingsForm(FlaskForm):
-    based_on = IntegerField(
-        widget=HiddenField.widget,
-        default=0,
-        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
-    )
+    based_on = EditNumberField()
     page_enabled = BooleanField(_l("Contacts can use the preference page"))
     audience = FormField(RuleForm, label=_l("Who may use the page (audience)"))
     notification = FormField(RuleForm, label=_l("Who is told of access and of new consents"))
@@ -120,11 +136,7 @@ class NewConsentForm(ConsentForm):
 
 
 class EditConsentForm(ConsentForm):
-    based_on = IntegerField(
-        widget=HiddenField.widget,
-        default=0,
-        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
-    )
+    based_on = EditNumberField()
     material = BooleanField(
         _l("Material change: ask again everyone who accepted an earlier wording")
     )
@@ -135,11 +147,7 @@ class RetireForm(FlaskForm):
 
 
 class ListForm(FlaskForm):
-    based_on = IntegerField(
-        widget=HiddenField.widget,
-        default=0,
-        validators=[InputRequired(STALE_FORM), NumberRange(0, 2**31 - 1, STALE_FORM)],
-    )
+    based_on = EditNumberField()
     name = StringField(_l("Name"), validators=[DataRequired(), Length(max=120)])
     description = TextAreaField(_l("Description"), validators=[Length(max=2000)])
     public = BooleanField(_l("Public: offered on every contact's page"), default=True)
