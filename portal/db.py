@@ -203,6 +203,39 @@ def _ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
             raise sa.exc.DisconnectionError(str(error)) from error
 
 
+class NulCharacter(ValueError):
+    """Text to be written or compared holds a NUL character: refused on both databases.
+
+    PostgreSQL cannot store one in text (its driver raises, a 500), where SQLite would keep
+    it. No person types one: it comes in a crafted request, which the web layer answers
+    with its "could not be understood" page (hardening). Forms that refuse control
+    characters next to their field do so before anything reaches the database.
+    """
+
+
+def _holds_nul(parameters) -> bool:
+    """Say whether any text among a statement's parameters holds a NUL character.
+
+    They come as a dict or a tuple, or for executemany a list of them (SQLAlchemy flattens
+    some of those into one tuple: its "insertmanyvalues"), so each level is looked into.
+    """
+    values = parameters.values() if isinstance(parameters, dict) else parameters
+    for value in values:
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict | list | tuple) and _holds_nul(value):
+            return True
+    return False
+
+
+def _refuse_nul_characters(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def check(_connection, _cursor, _statement, parameters, _context, _executemany):
+        if parameters and _holds_nul(parameters):
+            raise NulCharacter("a NUL character in text")
+
+
 def _render_item(type_, obj, _context):
     """Write UTCDateTime columns into migrations as the plain type they store."""
     if type_ == "type" and isinstance(obj, UTCDateTime):
@@ -228,6 +261,7 @@ def init_app(app) -> None:
         render_item=_render_item,
     )
     with app.app_context():
+        _refuse_nul_characters(db.engine)
         if db.engine.dialect.name == "sqlite":
             _configure_sqlite(db.engine)
         else:

@@ -13,12 +13,15 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError
 from limits import parse
+from werkzeug.exceptions import BadRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from portal.db import INTEGER_MAX
+from portal.db import NulCharacter
+from portal.db import db
 
 limiter = Limiter(key_func=get_remote_address)
 
@@ -105,6 +108,12 @@ def render_error(error):
     return render_template(template, title=title, explanation=explanation, code=code), code
 
 
+def refuse_nul_character(_error: NulCharacter):
+    """Answer a NUL character that reached the database as the malformed request it is."""
+    db.session.rollback()
+    return render_error(BadRequest())
+
+
 class PortalRequest(Request):
     """Flask's request, without the form fields whose name could not be read.
 
@@ -152,3 +161,4 @@ def init_app(app) -> None:
     for code in ERRORS:
         app.register_error_handler(code, render_error)
     app.register_error_handler(CSRFError, render_error)
+    app.register_error_handler(NulCharacter, refuse_nul_character)

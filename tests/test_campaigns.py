@@ -223,6 +223,11 @@ def test_templates_see_masked_values_only_and_html_is_sanitized(app, newsletter,
         # Not one of the errors a template "usually" raises: refused all the same, not a 500.
         ("text_body", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "cannot be rendered"),
         ("list_id", "999999", "Not a valid choice"),
+        # PostgreSQL cannot store it (the database refuses it on SQLite too): a 400 page, not
+        # a message, before this check (found by tests/test_fuzz_staff_forms.py).
+        ("subject", "Hello\x00", "without line breaks"),
+        ("text_body", "Hello\x00 there", "invisible NUL character"),
+        ("html_body", "<p>Hello\x00</p>", "invisible NUL character"),
     ],
 )
 def test_bad_input_is_refused_next_to_its_field_and_nothing_is_queued(

@@ -117,3 +117,40 @@ def test_a_form_part_whose_name_cannot_be_read_is_dropped_not_a_500(
                            content_type="multipart/form-data")
     assert response.status_code == status
     assert ("someone@example.com" in response.text) is kept
+
+
+
+def test_a_nul_character_that_reaches_the_database_is_a_friendly_400_on_both(
+    client, admin_client
+):
+    # PostgreSQL cannot store NUL in text (its driver raised: a 500) and SQLite kept it; now
+    # both refuse it, and the request is answered as malformed. Found by the fuzz tests.
+    from test_backoffice_auth import csrf_token
+
+    from portal import contacts
+
+    response = client.get("/f/news%00")
+    assert response.status_code == 400
+    assert "This request could not be understood" in response.text
+
+    ada = contacts.add_contact("ada@example.com", method="test", actor="test")
+    db.session.commit()
+    record = f"/staff/contacts/{ada.public_id}"
+    token = csrf_token(admin_client.get(record).text)
+    response = admin_client.post(f"{record}/opt-in/staff_opt_out",
+                                 data={"csrf_token": token, "reason": "asked\x00 by phone"})
+    assert response.status_code == 400
+    assert "This request could not be understood" in response.text
+    db.session.expire_all()
+    assert ada.opt_in_status == "none"
+    # The session is usable again at once.
+    assert admin_client.get(record).status_code == 200
+
+
+def test_text_with_a_nul_character_is_refused_before_the_database(app):
+    from portal import contacts
+    from portal.db import NulCharacter
+
+    with pytest.raises(NulCharacter):
+        contacts.add_contact("ada@example.com", first_name="A\x00da", method="test", actor="t")
+    db.session.rollback()

@@ -121,6 +121,10 @@ def check(subject: str, text_body: str, html_body: str) -> None:
         raise CampaignError(f"the subject has at most {MAX_SUBJECT_LENGTH} characters", "subject")
     if not text_body.strip():
         raise CampaignError("write the text of the message", "text_body")
+    for field, body in (("text_body", text_body), ("html_body", html_body)):
+        if "\x00" in body:
+            # Pasted from somewhere odd: no mail carries it, and PostgreSQL cannot store it.
+            raise CampaignError("remove the invisible NUL character pasted into it", field)
     limit = current_app.config["PORTAL_MAX_BODY_BYTES"]
     if len(text_body.encode()) + len(html_body.encode()) > limit // 2:
         # Half the outbox's limit: each recipient's values and the footer are added to it.
