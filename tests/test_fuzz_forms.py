@@ -150,3 +150,30 @@ def test_the_sign_up_and_fresh_link_forms_take_any_input(app, world, form, slug,
     # Any address may be signed up (that is what the form is for); a known contact's record
     # changes only through the double opt-in mail, so neither contact changes here.
     assert {person.email: footprint(person) for person in (owner, bystander)} == before
+
+
+HEADER_VALUES = st.one_of(st.sampled_from([
+    "", "*", "ja", "de-DE,de;q=0.9", "fr;q=abc", "en;q=-1,xx;q=2", ";;;", "q=0.5",
+    "true", "false", "http://evil.example/p/x", "/p/x", "\u00e9", "a" * 2000,
+    "multipart/form-data", "multipart/form-data; boundary=", "text/plain",
+    "application/x-www-form-urlencoded; charset=utf-16", "application/json",
+]), st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+HEADERS = st.dictionaries(
+    st.sampled_from(["Accept-Language", "HX-Request", "HX-Current-URL", "HX-Target",
+                     "HX-Trigger", "Referer", "Origin", "User-Agent", "Content-Type",
+                     "X-Forwarded-For", "Cookie"]),
+    HEADER_VALUES, max_size=6,
+)
+
+
+@given(headers=HEADERS, body=st.sampled_from([b"", b"save=1", b"list%3Anews=on&save=1",
+                                              b"List-Unsubscribe=One-Click", b"\xff\xfe=\x00"]))
+@FUZZ
+def test_any_headers_on_the_contacts_pages_get_an_answer(app, client, world, headers, body):
+    owner, bystander, news = world
+    before = footprint(bystander)
+    for path in (manage_path(owner), f"/o/{unsubscribe.make_token(owner, news)}", "/link",
+                 "/f/news", "/"):
+        _fine(client.get(path, headers=headers))
+        _fine(client.post(path, data=body, headers=headers))
+    assert footprint(bystander) == before

@@ -13,6 +13,10 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import make_config
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from portal import campaigns
 from portal import contacts
@@ -245,3 +249,27 @@ def test_end_to_end_a_campaigns_mailto_reply_leaves_that_list_only(
     result = pipe(runner, reply(subject, In_Reply_To=received.message["Message-ID"]))
     assert result.exit_code == 0, result.output
     assert left(contact, news, offers)
+
+
+#: Pieces a mail is made of, valid and broken: headers with encoded words and bad charsets,
+#: MIME parts with and without boundaries, bytes that are no UTF-8, a token-like word.
+MAIL_PIECES = [
+    b"Subject: unsubscribe ", b"Subject: =?utf-8?B?dW5zdWJzY3JpYmU=?= ", b"Subject: =?x?Q?=FF?=",
+    b"\r\n", b"\n", b"\r\n\r\n", b" ", b"\t", b"Content-Type: multipart/mixed; boundary=b\r\n",
+    b"--b\r\n", b"--b--\r\n", b"Content-Type: text/plain; charset=utf-32\r\n",
+    b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n",
+    b"=?", b"?=", b"=\r\n", b"k1.", b"x" * 300, b"\x00", b"\xff\xfe", b"\xc3\x28", b"From x\n",
+    b"unsubscribe k1.abc.def", b"mailto:leave@example.com?subject=unsubscribe%20k1.x",
+]
+
+
+@given(pieces=st.lists(st.one_of(st.sampled_from(MAIL_PIECES), st.binary(max_size=40)),
+                       max_size=25))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_piped_in_exit_0_and_change_nothing(app, runner, reader, pieces):
+    # The mail server retries on 75 only; anything else it bounces. A mail it cannot make
+    # sense of is answered 0 ("handled"), never with a traceback.
+    contact, news, offers = reader
+    result = pipe(runner, b"".join(pieces))
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert status(contact, news) == status(contact, offers) == "subscribed"
