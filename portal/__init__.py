@@ -60,7 +60,8 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     return app
 
 
-#: Each static file's URL by (script root, file name): the same on every page.
+#: Each static file's URL by (script root, file name): the same on every page, and for every
+#: app this module builds (their static folder and URL path are fixed above).
 _STATIC_URLS: dict[tuple[str, str], str] = {}
 
 

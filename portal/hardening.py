@@ -1,5 +1,6 @@
 """Web hardening for every page: security headers, trusted hosts, proxies, rate limits, row ids
-in URLs, and friendly error pages in the page's language."""
+in URLs, form fields without a name, NUL characters, and friendly error pages in the page's
+language."""
 
 import hashlib
 from urllib.parse import urlsplit

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 from test_backoffice_auth import csrf_token
+from test_backoffice_settings import settings_data
 from test_fuzz_forms import NASTY
 
 from portal import campaigns
@@ -179,8 +180,6 @@ def test_any_campaign_template_is_saved_or_refused_and_previewed_without_a_500(
 @given(footer=TEMPLATES)
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_footer_template_is_saved_or_refused_without_a_500(admin_client, office, footer):
-    from test_backoffice_settings import settings_data
-
     response = admin_client.post(
         "/staff/settings", data=settings_data(office["token"], footer_html=footer)
     )

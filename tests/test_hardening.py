@@ -2,9 +2,12 @@
 
 import pytest
 from conftest import make_config
+from test_backoffice_auth import csrf_token
 
+from portal import contacts
 from portal import create_app
 from portal import lists
+from portal.db import NulCharacter
 from portal.db import db
 
 
@@ -125,10 +128,6 @@ def test_a_nul_character_that_reaches_the_database_is_a_friendly_400_on_both(
 ):
     # PostgreSQL cannot store NUL in text (its driver raised: a 500) and SQLite kept it; now
     # both refuse it, and the request is answered as malformed. Found by the fuzz tests.
-    from test_backoffice_auth import csrf_token
-
-    from portal import contacts
-
     response = client.get("/f/news%00")
     assert response.status_code == 400
     assert "This request could not be understood" in response.text
@@ -148,9 +147,6 @@ def test_a_nul_character_that_reaches_the_database_is_a_friendly_400_on_both(
 
 
 def test_text_with_a_nul_character_is_refused_before_the_database(app):
-    from portal import contacts
-    from portal.db import NulCharacter
-
     with pytest.raises(NulCharacter):
         contacts.add_contact("ada@example.com", first_name="A\x00da", method="test", actor="t")
     db.session.rollback()
