@@ -8,6 +8,7 @@ a clear one.
 """
 
 import re
+from html import unescape
 
 import pytest
 from hypothesis import HealthCheck
@@ -22,6 +23,7 @@ from portal import campaigns
 from portal import consent
 from portal import contacts
 from portal import doi
+from portal import footer
 from portal import lists
 from portal import optin
 from portal.contacts import OptIn
@@ -177,12 +179,22 @@ def test_any_campaign_template_is_saved_or_refused_and_previewed_without_a_500(
             assert admin_client.get(path).status_code < 500, path
 
 
-@given(footer=TEMPLATES)
+@given(footer_source=TEMPLATES)
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_footer_template_is_saved_or_refused_without_a_500(admin_client, office, footer):
+def test_any_footer_template_is_saved_or_refused_and_always_carries_the_link(
+    admin_client, office, footer_source
+):
     response = admin_client.post(
-        "/staff/settings", data=settings_data(office["token"], footer_html=footer)
+        "/staff/settings", data=settings_data(office["token"], footer_html=footer_source)
     )
     assert response.status_code in (200, 303)
-    # Whatever was saved, a staff mail with the footer still goes out or says why.
     assert admin_client.get("/staff/settings").status_code == 200
+    # Saved or not, the footer any such source gives never fails a mail, and always carries
+    # the contact's own preference link (N4), in both parts; the impersonal one never does.
+    ada = contacts.find_by_email("ada@example.com")
+    text, html_part = footer.render(ada, footer_source)
+    # The link's signature carries the second it was made: compare up to its payload.
+    link = footer.manage_url(ada).rsplit(".", 2)[0]
+    assert link in text and link in unescape(html_part)
+    text, html_part = footer.render(ada, footer_source, personal=False)
+    assert "/p/" not in text + unescape(html_part)
