@@ -23,6 +23,7 @@ from sqlalchemy.orm import sessionmaker
 
 from portal import create_app
 from portal import demo
+from portal import staff
 from portal.db import db
 from portal.hardening import limiter
 from portal.keys import PURPOSES
@@ -53,9 +54,10 @@ def make_config(database_uri: str, **overrides) -> dict:
     return config
 
 
-def demo_app(folder: Path, **overrides):
+def demo_app(folder: Path, *, admin: tuple[str, str] | None = None, **overrides):
     """Return the demo application on its own SQLite file and instance folder, migrated and
-    loaded (a live server's thread would not see an in-memory database)."""
+    loaded (a live server's thread would not see an in-memory database); with `admin`
+    (address, password), an admin who can sign in."""
     application = create_app(
         make_config(f"sqlite:///{folder / 'portal.sqlite3'}", PORTAL_DEMO=True, **overrides),
         instance_path=str(folder / "instance"),
@@ -63,6 +65,8 @@ def demo_app(folder: Path, **overrides):
     with application.app_context():
         flask_migrate.upgrade()
         demo.load()
+        if admin is not None:
+            staff.create_staff(*admin, "admin")
         db.session.commit()
     return application
 
@@ -189,8 +193,6 @@ def staff_browser(app, email: str, role: str) -> FlaskClient:
     checks it there); the staff row is on ``browser.user``."""
     from test_backoffice_auth import PASSWORD
     from test_backoffice_auth import sign_in
-
-    from portal import staff
 
     user = staff.create_staff(email, PASSWORD, role)
     db.session.commit()

@@ -18,7 +18,6 @@ from test_browser import server_url  # noqa: F401 (the live server, for this mod
 
 from portal import contacts
 from portal import ledger
-from portal import staff
 from portal.db import db
 
 pytestmark = pytest.mark.browser
@@ -39,10 +38,7 @@ TO_ERASE = "contact08@demo.example"
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory):
     """The demo application on its own SQLite file, with an admin for the test."""
-    application = demo_app(tmp_path_factory.mktemp("browser-backoffice"))
-    with application.app_context():
-        staff.create_staff(ADMIN, PASSWORD, "admin")
-        db.session.commit()
+    application = demo_app(tmp_path_factory.mktemp("browser-backoffice"), admin=(ADMIN, PASSWORD))
     yield application
     with application.app_context():
         db.engine.dispose()

@@ -15,7 +15,6 @@ from portal import contacts
 from portal import demo
 from portal import mailbox
 from portal import outbox
-from portal import staff
 from portal.db import db
 
 pytestmark = pytest.mark.browser
@@ -30,11 +29,8 @@ SUBJECT = "Ihre Datenschutzeinstellungen"
 @pytest.fixture(scope="module")
 def live_app(tmp_path_factory):
     """The demo application with its capturing SMTP server, and an admin for the test."""
-    application = demo_app(tmp_path_factory.mktemp("browser-mailbox"),
+    application = demo_app(tmp_path_factory.mktemp("browser-mailbox"), admin=(ADMIN, PASSWORD),
                            PORTAL_DEMO_SMTP_PORT=free_port())
-    with application.app_context():
-        staff.create_staff(ADMIN, PASSWORD, "admin")
-        db.session.commit()
     server = mailbox.start_server(application)
     yield application
     server.stop()

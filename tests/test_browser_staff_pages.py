@@ -15,7 +15,6 @@ from test_browser import server_url  # noqa: F401 (the live server, for this mod
 from portal import campaigns
 from portal import jobs
 from portal import outbox
-from portal import staff
 from portal.db import db
 
 pytestmark = pytest.mark.browser
@@ -31,11 +30,9 @@ def live_app(tmp_path_factory, smtp_server):
     """The demo on its own SQLite file, mailing the test SMTP server (as its mailbox), with an
     admin."""
     application = demo_app(
-        tmp_path_factory.mktemp("browser-staff-pages"), PORTAL_DEMO_SMTP_PORT=smtp_server.port
+        tmp_path_factory.mktemp("browser-staff-pages"), admin=(ADMIN, PASSWORD),
+        PORTAL_DEMO_SMTP_PORT=smtp_server.port,
     )
-    with application.app_context():
-        staff.create_staff(ADMIN, PASSWORD, "admin")
-        db.session.commit()
     yield application
     with application.app_context():
         db.engine.dispose()

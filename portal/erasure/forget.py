@@ -96,7 +96,7 @@ def _scrub_mail(contact: Contact, address: str, masked: str, keep_id: int) -> li
         row.headers = {}
         if row.reason:
             # A mail server's answer, or our own refusal, may quote the address.
-            row.reason = re.sub(re.escape(address), masked, row.reason, flags=re.IGNORECASE)
+            row.reason = _replace_caseless(row.reason, address, masked)
         if row.status in ("queued", "sending"):
             row.status, row.lease_until = "refused", None
             row.reason = "refused when erased: the contact's personal data was erased"
