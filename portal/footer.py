@@ -21,10 +21,10 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from jinja2 import Template
 from jinja2 import TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from markupsafe import escape
 
+from portal import sandbox
 from portal import settings
 from portal.contacts import Contact
 from portal.contacts import field_value
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 SEPARATOR = "-- "  # the signature separator mail clients recognise (RFC 3676)
 
-_environment = SandboxedEnvironment(autoescape=True)
+# Within the sandbox module's budget of size, steps and time, like a campaign's bodies.
+_environment = sandbox.StaffSandbox(autoescape=True)
 # Compiled footers by source: a campaign compiles the footer once, not once per contact.
 _compiled: dict[str, Template] = {}
 
@@ -92,7 +93,9 @@ def problem(source: str) -> str | None:
     try:
         template = _template(source)
         for context in _TRIALS:
-            template.render(context)
+            sandbox.render(template, context)
+    except sandbox.TemplateLimit as error:
+        return _("The footer cannot be rendered: %(error)s", error=str(error))
     except TemplateError as error:
         return _("The footer is not a valid template: %(error)s", error=str(error)[:200])
     except Exception as error:
@@ -173,7 +176,7 @@ def _render(contact: Contact, source: str, personal: bool) -> tuple[str, str]:
     if source.strip():
         try:
             context = _context(contact, url) if personal else _IMPERSONAL
-            rendered = _template(source).render(context)
+            rendered = sandbox.render(_template(source), context)
         except Exception as error:
             # A footer staff saved but that cannot render must not stop the mail going out:
             # whatever the sandboxed template raises (a RecursionError too) is its failure.

@@ -222,6 +222,10 @@ def test_templates_see_masked_values_only_and_html_is_sanitized(app, newsletter,
         ("html_body", "<p>{{ 10 // region|length }}</p>", "whose values are empty"),
         # Not one of the errors a template "usually" raises: refused all the same, not a 500.
         ("text_body", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "cannot be rendered"),
+        # A template that would take the machine's memory or time (portal/sandbox.py).
+        ("text_body", "{{ 'a' * 10**9 }}", "would be larger than 524,288 characters"),
+        ("html_body", "{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}"
+                      "{% endfor %}", "more than 100,000 steps"),
         ("list_id", "999999", "Not a valid choice"),
         # PostgreSQL cannot store it (the database refuses it on SQLite too): a 400 page, not
         # a message, before this check (found by tests/test_fuzz_staff_forms.py).
@@ -605,6 +609,28 @@ def test_a_contact_whose_values_break_the_template_fails_alone_and_the_campaign_
     assert len(smtp.messages) == 2
     assert outbox_rows() == 3
     assert campaigns.counts(campaign)["failed"] == 1
+
+
+#: Fine with the save-time samples, but for a three-letter name it would build gigabytes.
+GREEDY = "Hi {{ first_name }}{% if first_name|length == 3 %}{{ first_name * 10**9 }}{% endif %}\n"
+
+
+def test_a_contact_for_whom_the_template_would_take_the_machine_fails_alone(
+    app, fragile, newsletter, smtp, caplog, monkeypatch
+):
+    monkeypatch.setattr(sending, "CHUNK", 1)
+    caplog.set_level("WARNING", logger="portal.campaigns")
+    campaign = draft(newsletter, text_body=GREEDY, html_body="")
+    campaigns.send(campaign, author="test")
+    db.session.commit()
+    deliver_all()
+
+    assert recipients(smtp) == ["grace@example.test", "linus@example.test"]
+    db.session.refresh(campaign)
+    assert campaign.status == "sent"
+    assert campaigns.counts(campaign)["failed"] == 1
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert f"contact {fragile['Ada'].id} could not be rendered: TemplateLimit" in logged
 
 
 def test_an_address_smtp_cannot_carry_fails_alone_and_its_reason_does_not_quote_it(

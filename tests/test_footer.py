@@ -90,8 +90,10 @@ def test_contact_values_are_escaped_and_sensitive_fields_masked(app, reader):
         "<p>{% for x in %}</p>",  # a syntax error
         "<p>{{ 1 / 0 }}</p>",
         "<p>{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}</p>",  # a RecursionError
+        "<p>{{ first_name * 10**9 }}</p>",  # over the sandbox's size limit
     ],
-    ids=["sandbox-escape", "app-objects", "syntax-error", "division-by-zero", "recursion"],
+    ids=["sandbox-escape", "app-objects", "syntax-error", "division-by-zero", "recursion",
+         "too-large"],
 )
 def test_a_hostile_or_broken_footer_falls_back_to_the_plain_link(app, reader, template):
     set_footer(template)
@@ -338,8 +340,12 @@ def test_the_contacts_own_fresh_link_has_no_footer(app, reader, smtp, staff_foot
         ("<p>{% for x in %}</p>", "The footer is not a valid template"),
         ("<p>{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}</p>", "cannot be rendered"),
         ("<p>{{ 10 // first_name|length }}</p>", "cannot be rendered: ZeroDivisionError"),
+        ("<p>{{ 'a' * 10**9 }}</p>",
+         "cannot be rendered: a repeated text or list would be larger than 524,288 characters"),
+        ("<p>{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}</p>",
+         "cannot be rendered: the template takes more than 100,000 steps"),
     ],
-    ids=["syntax-error", "recursion", "fails-without-values"],
+    ids=["syntax-error", "recursion", "fails-without-values", "too-large", "too-many-steps"],
 )
 def test_the_settings_form_refuses_a_footer_that_cannot_render(
     app, admin_client, template, message

@@ -8,9 +8,9 @@ sanitized after rendering, so whatever a template produces, only the allowed tag
 import jinja2
 from flask import current_app
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from portal import footer
+from portal import sandbox
 from portal import settings
 from portal import tracking
 from portal import unsubscribe
@@ -54,14 +54,15 @@ class RenderError(CampaignError):
         self.kind = type(error).__name__
 
 
-# Two sandboxes: the text part is not HTML, the HTML part escapes every value it inserts.
-_TEXT = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
-_HTML = SandboxedEnvironment(autoescape=True)
+# Two sandboxes: the text part is not HTML, the HTML part escapes every value it inserts. Each
+# render keeps to the sandbox module's budget of size, steps and time.
+_TEXT = sandbox.StaffSandbox(autoescape=False, keep_trailing_newline=True)
+_HTML = sandbox.StaffSandbox(autoescape=True)
 # Compiled templates by campaign and version: a 10,000-message campaign compiles them once.
 _compiled: dict[tuple, tuple[jinja2.Template, jinja2.Template | None, frozenset[str]]] = {}
 
 
-def parse(environment: SandboxedEnvironment, source: str, field: str) -> set[str]:
+def parse(environment: sandbox.StaffSandbox, source: str, field: str) -> set[str]:
     """Return the names a template uses, or raise CampaignError for a syntax error."""
     try:
         names = meta.find_undeclared_variables(environment.parse(source))
@@ -75,7 +76,7 @@ def parse(environment: SandboxedEnvironment, source: str, field: str) -> set[str
     return names
 
 
-def _try_render(environment: SandboxedEnvironment, source: str, field: str) -> None:
+def _try_render(environment: sandbox.StaffSandbox, source: str, field: str) -> None:
     """Raise CampaignError unless the template renders with sample values and with empty ones.
 
     This catches what only rendering finds, such as the sandbox refusing
@@ -99,10 +100,10 @@ def _try_render(environment: SandboxedEnvironment, source: str, field: str) -> N
 
 def _render(template: jinja2.Template, context: dict, field: str) -> str:
     try:
-        return template.render(context)
+        return sandbox.render(template, context)
     except Exception as error:
         # The template is staff-written code run in the sandbox with plain strings: whatever
-        # it raises (ZeroDivisionError, a SecurityError, RecursionError...) is this render
+        # it raises (ZeroDivisionError, a SecurityError, a TemplateLimit...) is this render
         # failing, never the caller's bug, and must not stop a campaign or break a page.
         raise RenderError(error, field) from error
 
