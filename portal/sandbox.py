@@ -11,7 +11,8 @@ TemplateLimit, which the callers report as that template failing:
 - **size**: no text or collection a template builds, and not its output, is larger than
   PORTAL_MAX_BODY_BYTES characters, the largest body the outbox accepts. What can multiply a
   size (`*`, `**`, `+`, `%` and `~`, padding, replacing and joining, a string's format) is
-  checked *before* it runs, from the sizes of its operands;
+  checked *before* it runs, from the sizes of its operands; the text a macro or a block
+  gathers is counted as it grows;
 - **steps**: loop rounds, calls (a macro's too) and filters, at most MAX_STEPS in one render;
 - **time**: at most MAX_SECONDS for one render, checked at every step.
 
@@ -28,6 +29,7 @@ from flask import current_app
 from flask import has_app_context
 from jinja2 import nodes
 from jinja2 import pass_eval_context
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import markup_join
 from jinja2.runtime import str_join
@@ -205,10 +207,44 @@ class _Budgeted(NodeTransformer):
         return nodes.Filter(parts, "portal_concat", [], [], None, None, lineno=node.lineno)
 
 
+class _Output(list):
+    """The text a macro, a `{% set %}` block, a `{% filter %}` block or a recursive loop
+    gathers before it is joined: it may hold no more than the size limit either."""
+
+    def __init__(self):
+        super().__init__()
+        self.size = 0
+
+    def _add(self, text) -> None:
+        self.size += len(text)
+        if self.size > max_size():
+            raise _too_large("the text a macro or a block gathers")
+
+    def append(self, text) -> None:
+        self._add(text)
+        super().append(text)
+
+    def extend(self, texts) -> None:
+        texts = list(texts)
+        for text in texts:
+            self._add(text)
+        super().extend(texts)
+
+
+class _BudgetedCodeGenerator(CodeGenerator):
+    """Jinja's code generator, gathering a block's text in an _Output rather than a list."""
+
+    def buffer(self, frame) -> None:
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.output()")
+
+
 class StaffSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox with the budget of this module (see its docstring)."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BudgetedCodeGenerator
+    output = _Output
 
     def __init__(self, **options):
         super().__init__(finalize=_check, **options)

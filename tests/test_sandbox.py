@@ -61,6 +61,15 @@ BOMBS = {
                      "{% endfor %}",
     "nested-lists": "{% set l = [0] * 100000 %}{% for a in l %}{% for b in l %}{% endfor %}"
                     "{% endfor %}",
+    # Text gathered by a block before it is joined, not streamed like the template's output.
+    "set-block": "{% set s = 'a' * 400000 %}{% set x %}{% for i in range(1000) %}{{ s ~ i }}"
+                 "{% endfor %}{% endset %}",
+    "macro-body": "{% set s = 'a' * 400000 %}{% macro m() %}{% for i in range(1000) %}"
+                  "{{ s ~ i }}{% endfor %}{% endmacro %}{{ m()|length }}",
+    "filter-block": "{% set s = 'a' * 400000 %}{% filter upper %}{% for i in range(1000) %}"
+                    "{{ s ~ i }}{% endfor %}{% endfilter %}",
+    "call-block": "{% set s = 'a' * 400000 %}{% macro m() %}{{ caller()|length }}{% endmacro %}"
+                  "{% call m() %}{% for i in range(1000) %}{{ s ~ i }}{% endfor %}{% endcall %}",
     "exponential-macro": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
                          "{% endmacro %}{{ f(40) }}",
 }
