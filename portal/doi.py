@@ -29,6 +29,7 @@ from portal import jobs
 from portal import ledger
 from portal import optin
 from portal import outbox
+from portal import suppression
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.contacts import ContactTombstone
@@ -80,6 +81,9 @@ class DoiRequest(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_sent_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
+    # The address its last mail went to, as a keyed digest (the suppression list's keys, never
+    # the address itself): the 24-hour limit holds per address. None on rows from before it.
+    sent_to: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,30 @@ def latest_request(contact: Contact) -> DoiRequest | None:
     )
 
 
+def _recently_mailed(contact: Contact, now: datetime) -> bool:
+    """Whether a double opt-in mail went to the contact's current address in the last 24
+    hours, under any of the contact's requests: an address changed A to B and back to A
+    within a day gets no second mail at A."""
+    since = now - RESEND_AFTER
+    if db.session.scalar(
+        sa.select(sa.func.count()).select_from(DoiRequest).where(
+            DoiRequest.contact_id == contact.id,
+            DoiRequest.last_sent_at > since,
+            DoiRequest.sent_to.in_(suppression.digests(contact.email)),
+        )
+    ):
+        return True
+    # A request mailed before its address was recorded: the latest one counts if no address
+    # change came after it.
+    latest = latest_request(contact)
+    return (
+        latest is not None
+        and latest.sent_to is None
+        and latest.last_sent_at > since
+        and _sent_to_this_address(contact, latest)
+    )
+
+
 def _sent_to_this_address(contact: Contact, request: DoiRequest) -> bool:
     """Whether a request's last mail went to the contact's current address: no address change
     (which contact_records.change_email records in the ledger) came after it."""
@@ -191,13 +219,9 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
     # the contact's row is locked until the transaction ends (PostgreSQL; SQLite serialises).
     db.session.execute(sa.select(Contact.id).where(Contact.id == contact.id).with_for_update())
     now = utcnow()
-    latest = latest_request(contact)
-    if (
-        latest is not None
-        and latest.last_sent_at > now - RESEND_AFTER
-        and _sent_to_this_address(contact, latest)
-    ):
+    if _recently_mailed(contact, now):
         return _not_sent("recently_sent")
+    latest = latest_request(contact)
     decision = gate.decide(_category(source), recipient=contact.email, contact=contact)
     if not decision.allowed:
         return _not_sent(decision.reason, decision.explanation)
@@ -214,6 +238,7 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
         )
         db.session.add(request)
         db.session.flush()
+    request.sent_to = suppression.digest(contact.email)
     _queue_mail(contact, request)
     return DoiResult(True, None, request)
 
@@ -307,6 +332,8 @@ def _remind(_params: dict, request: DoiRequest) -> str:
     contact = db.session.get(Contact, request.contact_id)
     request.reminders += 1
     request.last_sent_at = utcnow()
+    if contact.email:
+        request.sent_to = suppression.digest(contact.email)
     row = _queue_mail(contact, request, reminder=True)
     if row.status == "refused":
         # The gate said no (stopped processing, say); the row keeps the reason for staff.

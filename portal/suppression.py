@@ -31,6 +31,12 @@ def digests(address: str) -> list[str]:
     return [keyed_digest("suppression", key_id, normalised) for key_id in keys.keys]
 
 
+def digest(address: str) -> str:
+    """Return the address's digest under the active key: what a new row records."""
+    keys = keyset("suppression")
+    return keyed_digest("suppression", keys.active_id, normalise_email(address).encode())
+
+
 #: An SQL expression saying whether an address is on the suppression list, for queries built
 #: once (constructing a statement costs more than running it, and every mail asks): run them
 #: with {"suppression_digests": digests(address)}.

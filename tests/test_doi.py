@@ -19,6 +19,7 @@ from test_preferences import press_together
 from test_preferences import read_form
 from test_preferences import text_of
 
+from portal import contact_records
 from portal import contacts
 from portal import doi
 from portal import jobs
@@ -240,6 +241,43 @@ def test_a_new_address_gets_its_first_request_at_once_and_then_the_24_hour_limit
     _action, form = read_form(client.get(path).text)
     assert "Thank you for confirming" in client.post(path, data=form).text
     assert db.session.get(Contact, contact.id).opt_in_status == OptIn.DOUBLE
+
+
+def test_an_address_changed_away_and_back_within_24_hours_gets_no_second_request(
+    app, clock, smtp
+):
+    contact = add("home@example.test")
+    assert doi.send_request(contact, source="staff", actor="staff:1").sent
+    clock.advance(hours=1)
+    contact_records.change_email(contact, "away@example.test", actor="staff:1")
+    assert doi.send_request(contact, source="staff", actor="staff:1").sent
+    clock.advance(hours=1)
+    contact_records.change_email(contact, "home@example.test", actor="staff:1")
+    # Home had its mail two hours ago: neither staff nor a sign-up sends it another.
+    for source in ("staff", "webform"):
+        again = doi.send_request(contact, source=source, actor="staff:1")
+        assert (again.sent, again.reason) == (False, "recently_sent")
+    db.session.commit()
+    outbox.work(once=True)
+    assert len(smtp.to("home@example.test")) == len(smtp.to("away@example.test")) == 1
+    # A day after home's mail, it may have another.
+    clock.advance(hours=22, minutes=1)
+    assert doi.send_request(contact, source="staff", actor="staff:1").sent
+    db.session.commit()
+    outbox.work(once=True)
+    assert len(smtp.to("home@example.test")) == 2
+
+
+def test_a_request_mailed_before_addresses_were_recorded_still_counts(app, clock, smtp):
+    # A row from before migration 0012 has no address digest: the latest request counts for
+    # the current address unless the address changed after it.
+    contact = add("older@example.test")
+    first = doi.send_request(contact, source="staff", actor="staff:1")
+    first.request.sent_to = None
+    clock.advance(hours=1)
+    assert doi.send_request(contact, source="staff", actor="staff:1").reason == "recently_sent"
+    contact_records.change_email(contact, "newer@example.test", actor="staff:1")
+    assert doi.send_request(contact, source="staff", actor="staff:1").sent
 
 
 @pytest.mark.parametrize("status", [OptIn.OPTOUT_USER, OptIn.OPTOUT_CONTACT])
