@@ -177,9 +177,11 @@ def _amplified(name: str, value, args: tuple, kwargs: dict) -> int | None:
     if name == "wordwrap" and isinstance(value, str):
         wrapstring = kwargs.get("wrapstring", args[2] if len(args) > 2 else None)
         return len(value) * (1 + (len(wrapstring) if isinstance(wrapstring, str) else 1))
-    if name == "replace" and isinstance(value, str) and len(args) >= 2:
-        if isinstance(args[0], str) and isinstance(args[1], str):
-            return _replace_weight(value, *args[:3])
+    if name == "replace" and isinstance(value, str):
+        old, new, count = (*args, None, None, None)[:3]
+        old, new = kwargs.get("old", old), kwargs.get("new", new)
+        if isinstance(old, str) and isinstance(new, str):
+            return _replace_weight(value, old, new, kwargs.get("count", count))
     if name in ("format", "format_map") and isinstance(value, str):
         return _format_weight(value, args, kwargs)
     if name == "join":
@@ -310,8 +312,9 @@ def _bounded_filter(name: str, function):
         # Filters may take the context or environment first (Jinja's pass_* markers).
         offset = 1 if getattr(function, "jinja_pass_arg", None) else 0
         value, rest = (args[offset], args[offset + 1:]) if len(args) > offset else (None, ())
-        if name == "join" and value is not None and not isinstance(value, str):
-            # Weighed, then joined: an iterator is read once, so it is read into a list.
+        if name == "join" and value is not None and not isinstance(value, list | tuple):
+            # Weighed, then joined: an iterator is read once, so it is read into a list (and
+            # a string's characters are what the filter joins).
             value = list(value)
             args = (*args[:offset], value, *rest)
         estimate = _amplified(name, value, rest, kwargs)

@@ -41,6 +41,8 @@ BOMBS = {
     "zfill": "{{ '1'.zfill(10**9) }}",
     "indent": "{{ ('a\\n' * 200000)|indent(100000) }}",
     "replace-filter": "{{ ('a' * 400000)|replace('', 'bbbbb') }}",
+    "replace-keywords": "{{ ('a' * 400000)|replace(old='', new='b' * 400000) }}",
+    "join-a-string": "{{ ('a' * 400000)|join('b' * 400000) }}",
     "replace-method": "{{ ('a' * 400000).replace('', 'bbbbb') }}",
     "expandtabs": "{{ ('\\t' * 400000).expandtabs(100000) }}",
     "wordwrap": "{{ ('a' * 300000)|wordwrap(1, wrapstring='x' * 100) }}",
@@ -159,7 +161,8 @@ PIECES = [
     "{{ '{} {}'.format(first_name, 2) }}", "{{ '%s'|format(email) }}",
     "{{ fields|dictsort|join(', ') }}", "{{ [first_name, last_name]|join(' & ') }}",
     "{{ ''.join(['a', 'b']) }}", "{{ first_name|center(9) }}", "{{ 'a\nb'|indent(2, true) }}",
-    "{{ name|replace('a', 'A') }}", "{{ name.replace('e', 'E') }}", "{{ name|wordwrap(5) }}",
+    "{{ name|replace('a', 'A') }}", "{{ name|replace(old='a', new='4', count=1) }}",
+    "{{ first_name|join('.') }}", "{{ name.replace('e', 'E') }}", "{{ name|wordwrap(5) }}",
     "{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }}", "{{ [1, 2, 3]|slice(2)|list }}",
     "{% for k, v in fields|dictsort %}{{ loop.index }}{{ k }}={{ v }};{% endfor %}",
     "{% for x in [3, 1, 2]|sort %}{{ loop.length }}{{ loop.revindex }}{{ x }}{% endfor %}",
@@ -196,3 +199,44 @@ def test_a_template_within_the_budget_renders_as_in_jinjas_own_sandbox(pieces, a
                     lambda template: sandbox.render(template, CONTEXT))
     theirs = _outcome(_jinjas_own(autoescape), source, lambda template: template.render(CONTEXT))
     assert ours == theirs, source
+
+
+#: Steps that grow what a template holds, each by a size or a count drawn below (N): repeated
+#: in a loop, they double, square or multiply it, which is how a template outgrows any limit
+#: that checks only its final output.
+GROWTH = [
+    "{% set ns.x = ns.x ~ ns.x %}", "{% set ns.x = ns.x + ns.x %}", "{% set ns.x = ns.x * N %}",
+    "{% set ns.x = ns.x|center(N) %}", "{% set ns.x = ns.x.ljust(N) %}",
+    "{% set ns.x = ns.x|indent(N, true) ~ '\\n' %}", "{% set ns.x = ns.x|replace('', ns.x) %}",
+    "{% set ns.x = ns.x.replace('a', ns.x) %}", "{% set ns.x = ns.x|join(ns.x) %}",
+    "{% set ns.x = '%*s' % (N, ns.x) %}", "{% set ns.x = '{:>{}}'.format(ns.x, N) %}",
+    "{% set ns.x = (ns.x ~ '\\t').expandtabs(N) %}", "{% set ns.x = ns.x|wordwrap(1, true, ns.x) %}",
+    "{% set ns.x = ns.l|join(ns.x) %}", "{% set ns.x = ns.l|string %}", "{% set ns.x = ns|string %}",
+    "{% set ns.l = ns.l + ns.l %}", "{% set ns.l = ns.l * N %}", "{% set ns.l = [ns.x] * N %}",
+    "{% set ns.l = ns.l|batch(N, ns.x)|list %}", "{% set ns.n = ns.n * ns.n %}",
+    "{% set ns.n = ns.n ** N %}", "{% set ns.x %}{% for j in range(N) %}{{ ns.x }}{% endfor %}"
+    "{% endset %}", "{% set ns.x = m(ns.x) %}", "{{ ns.x }}",
+]
+SIZES = st.sampled_from([0, 1, 2, 3, 40, 1000, 400_000, 10**9])
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(GROWTH), SIZES), min_size=1, max_size=4),
+       rounds=st.sampled_from([1, 2, 10, 40]), autoescape=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_whatever_a_template_grows_a_render_stays_small(steps, rounds, autoescape):
+    body = "".join(step.replace("N", str(size)) for step, size in steps)
+    source = ("{% macro m(v) %}{{ v }}{{ v }}{% endmacro %}"
+              "{% set ns = namespace(x='ab', l=['ab', 'cd'], n=3) %}"
+              f"{{% for i in range({rounds}) %}}{body}{{% endfor %}}")
+    environment = sandbox.StaffSandbox(autoescape=autoescape)
+    tracemalloc.start()
+    try:
+        try:
+            output = sandbox.render(environment.from_string(source), {})
+        except Exception:  # noqa: BLE001 (TemplateLimit, or an error of the template's own)
+            output = ""
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(output) <= sandbox.DEFAULT_MAX_SIZE
+    assert peak < 32 * 2**20, source
