@@ -210,8 +210,9 @@ GROWTH = [
     "{% set ns.x = ns.x|indent(N, true) ~ '\\n' %}", "{% set ns.x = ns.x|replace('', ns.x) %}",
     "{% set ns.x = ns.x.replace('a', ns.x) %}", "{% set ns.x = ns.x|join(ns.x) %}",
     "{% set ns.x = '%*s' % (N, ns.x) %}", "{% set ns.x = '{:>{}}'.format(ns.x, N) %}",
-    "{% set ns.x = (ns.x ~ '\\t').expandtabs(N) %}", "{% set ns.x = ns.x|wordwrap(1, true, ns.x) %}",
-    "{% set ns.x = ns.l|join(ns.x) %}", "{% set ns.x = ns.l|string %}", "{% set ns.x = ns|string %}",
+    "{% set ns.x = (ns.x ~ '\\t').expandtabs(N) %}",
+    "{% set ns.x = ns.x|wordwrap(1, true, ns.x) %}", "{% set ns.x = ns.l|join(ns.x) %}",
+    "{% set ns.x = ns.l|string %}", "{% set ns.x = ns|string %}",
     "{% set ns.l = ns.l + ns.l %}", "{% set ns.l = ns.l * N %}", "{% set ns.l = [ns.x] * N %}",
     "{% set ns.l = ns.l|batch(N, ns.x)|list %}", "{% set ns.n = ns.n * ns.n %}",
     "{% set ns.n = ns.n ** N %}", "{% set ns.x %}{% for j in range(N) %}{{ ns.x }}{% endfor %}"
