@@ -22,6 +22,9 @@ place (nothing a mail needs), so only the assignments above can grow what it hol
 
 import re
 import time
+from collections.abc import ItemsView
+from collections.abc import KeysView
+from collections.abc import ValuesView
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -108,9 +111,10 @@ def weight(value, limit: int, depth: int = 0) -> int:
         return limit + 1
     if isinstance(value, Namespace):
         value = object.__getattribute__(value, "_Namespace__attrs")
-    if isinstance(value, dict):
-        value = [part for item in value.items() for part in item]
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, dict | ItemsView):
+        value = [part for item in (value.items() if isinstance(value, dict) else value)
+                 for part in item]
+    if isinstance(value, list | tuple | set | frozenset | KeysView | ValuesView):
         total = 2 + 2 * len(value)
         for item in value:
             if total > limit:
@@ -317,6 +321,9 @@ def _bounded_filter(name: str, function):
             # a string's characters are what the filter joins).
             value = list(value)
             args = (*args[:offset], value, *rest)
+        # What a filter is given may be no larger than anything else (a dict's view may hold
+        # more than it shows by itself), and some filters make much more of it.
+        _check(value, f"what the {name} filter is given")
         estimate = _amplified(name, value, rest, kwargs)
         if estimate is not None and estimate > max_size():
             raise _too_large(f"the result of the {name} filter")

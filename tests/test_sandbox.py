@@ -58,6 +58,10 @@ BOMBS = {
     "tuple-string": "{% set s = 'a' * 400000 %}{{ (s, s, s)|string }}",
     "namespace": "{% set s = 'a' * 400000 %}{{ namespace(a=s, b=s, c=s) }}",
     "concat": "{% set s = 'a' * 400000 %}{{ s ~ s ~ s }}",
+    # A dict's view shows every item it holds, as a list does.
+    "dict-view": "{% set s = 'a' * 400000 %}{{ {1: s, 2: s, 3: s}.items() }}",
+    "dict-view-string": "{% set s = 'a' * 400000 %}{{ {1: s, 2: s}.values()|string }}",
+    "dict-view-concat": "{% set s = 'a' * 400000 %}{{ 'x' ~ {1: s, 2: s}.values() }}",
     "output": "{% set s = 'a' * 400000 %}{{ s }}{{ s }}",
     "nested-ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
                      "{% endfor %}",
@@ -213,6 +217,8 @@ GROWTH = [
     "{% set ns.x = (ns.x ~ '\\t').expandtabs(N) %}",
     "{% set ns.x = ns.x|wordwrap(1, true, ns.x) %}", "{% set ns.x = ns.l|join(ns.x) %}",
     "{% set ns.x = ns.l|string %}", "{% set ns.x = ns|string %}",
+    "{% set ns.x = {1: ns.x, 2: ns.x}.values()|string %}",
+    "{% set ns.x = 'x' ~ {1: ns.x, 2: ns.x}.items() %}",
     "{% set ns.l = ns.l + ns.l %}", "{% set ns.l = ns.l * N %}", "{% set ns.l = [ns.x] * N %}",
     "{% set ns.l = ns.l|batch(N, ns.x)|list %}", "{% set ns.n = ns.n * ns.n %}",
     "{% set ns.n = ns.n ** N %}", "{% set ns.x %}{% for j in range(N) %}{{ ns.x }}{% endfor %}"
