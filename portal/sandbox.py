@@ -12,7 +12,7 @@ TemplateLimit, which the callers report as that template failing:
   PORTAL_MAX_BODY_BYTES characters, the largest body the outbox accepts. What can multiply a
   size (`*`, `**`, `+`, `%` and `~`, padding, replacing and joining, a string's format) is
   checked *before* it runs, from the sizes of its operands; the text a macro or a block
-  gathers is counted as it grows;
+  gathers (`self.<block>()` too) is counted as it grows;
 - **steps**: loop rounds, calls (a macro's too) and filters, at most MAX_STEPS in one render;
 - **time**: at most MAX_SECONDS for one render, checked at every step.
 
@@ -237,6 +237,18 @@ class _Output(list):
         super().extend(texts)
 
 
+def _join(parts) -> str:
+    """Join a block's text as Jinja's `concat` does, no further than the size limit: what
+    `self.<block>()` renders is gathered this way."""
+    limit, total, chunks = max_size(), 0, []
+    for part in parts:
+        total += len(part)
+        if total > limit:
+            raise _too_large("the text a block gathers")
+        chunks.append(part)
+    return "".join(chunks)
+
+
 class _BudgetedCodeGenerator(CodeGenerator):
     """Jinja's code generator, gathering a block's text in an _Output rather than a list."""
 
@@ -251,6 +263,7 @@ class StaffSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _BudgetedCodeGenerator
     output = _Output
+    concat = staticmethod(_join)
 
     def __init__(self, **options):
         super().__init__(finalize=_check, **options)

@@ -76,6 +76,9 @@ BOMBS = {
                     "{{ s ~ i }}{% endfor %}{% endfilter %}",
     "call-block": "{% set s = 'a' * 400000 %}{% macro m() %}{{ caller()|length }}{% endmacro %}"
                   "{% call m() %}{% for i in range(1000) %}{{ s ~ i }}{% endfor %}{% endcall %}",
+    "block-reference": "{% set s = 'a' * 400000 %}{% if false %}{% block b %}"
+                       "{% for i in range(1000) %}{{ s ~ i }}{% endfor %}{% endblock %}{% endif %}"
+                       "{{ self.b()|length }}",
     "exponential-macro": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
                          "{% endmacro %}{{ f(40) }}",
 }
@@ -179,6 +182,7 @@ PIECES = [
     "<b>{{ '<i>' ~ first_name }}</b>", "{{ '<i>'|safe ~ first_name }}", "{{ unsubscribe_url }}",
     "{{ first_name[1:] * 2 }}", "{{ (first_name, 1) }}", "{{ range(3)|list }}", "{{ x.y }}",
     "{% if first_name %}yes{% endif %}", "{{ [1] + [2] }}", "{{ 7 % 3 }}", "{{ 2 * 3 }}",
+    "{% block b %}[{{ name }}]{% endblock %}{{ self.b() }}",
 ]
 
 
