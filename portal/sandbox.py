@@ -48,6 +48,8 @@ MAX_SECONDS = 2.0
 MAX_BITS = 100_000
 #: The size limit without an app (and so without its PORTAL_MAX_BODY_BYTES).
 DEFAULT_MAX_SIZE = 512 * 1024
+#: How many items adding up lists (`|sum(start=[])`) may copy, about 15 ms of work.
+MAX_COPIES = 10**8
 #: How deep a template's nested lists and namespaces may go.
 MAX_DEPTH = 50
 #: The numbers in a format string: widths and precisions, each adding up to that many characters.
@@ -179,8 +181,13 @@ def _amplified(name: str, value, args: tuple, kwargs: dict) -> int | None:
     if name == "expandtabs" and isinstance(value, str):
         return len(value) + value.count("\t") * _width(kwargs.get("tabsize", first or 8))
     if name == "wordwrap" and isinstance(value, str):
+        width = kwargs.get("width", 79 if first is None else first)
         wrapstring = kwargs.get("wrapstring", args[2] if len(args) > 2 else None)
-        return len(value) * (1 + (len(wrapstring) if isinstance(wrapstring, str) else 1))
+        wrap = len(wrapstring) if isinstance(wrapstring, str) else 1
+        # A break where a long word is cut, and one in place of each run of spaces.
+        breaks = len(value) // max(width if isinstance(width, int) else 1, 1) + 1
+        spaces = len(value.split()) + 1
+        return len(value) + breaks * wrap + spaces * max(wrap - 1, 0)
     if name == "replace" and isinstance(value, str):
         old, new, count = (*args, None, None, None)[:3]
         old, new = kwargs.get("old", old), kwargs.get("new", new)
@@ -329,11 +336,17 @@ def _bounded_filter(name: str, function):
         # Filters may take the context or environment first (Jinja's pass_* markers).
         offset = 1 if getattr(function, "jinja_pass_arg", None) else 0
         value, rest = (args[offset], args[offset + 1:]) if len(args) > offset else (None, ())
-        if name == "join" and value is not None and not isinstance(value, list | tuple):
+        if name in ("join", "sum") and value is not None and not isinstance(value, list | tuple):
             # Weighed, then joined: an iterator is read once, so it is read into a list (and
             # a string's characters are what the filter joins).
             value = list(value)
             args = (*args[:offset], value, *rest)
+        if name == "sum" and isinstance(kwargs.get("start", rest[1] if len(rest) > 1 else 0),
+                                        list | tuple):
+            # Adding up lists copies the growing result once per item: quadratic, in one call
+            # that no step or deadline interrupts.
+            if len(value) * weight(value, MAX_COPIES) > MAX_COPIES:
+                raise TemplateLimit("adding up these lists would copy them too many times")
         # What a filter is given may be no larger than anything else (a dict's view may hold
         # more than it shows by itself), and some filters make much more of it.
         _check(value, f"what the {name} filter is given")

@@ -79,6 +79,8 @@ BOMBS = {
     "block-reference": "{% set s = 'a' * 400000 %}{% if false %}{% block b %}"
                        "{% for i in range(1000) %}{{ s ~ i }}{% endfor %}{% endblock %}{% endif %}"
                        "{{ self.b()|length }}",
+    # One call, quadratic: each list added copies the result so far (seconds, not memory).
+    "sum-of-lists": "{{ ([[0]] * 85000)|sum(start=[])|length }}",
     "exponential-macro": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
                          "{% endmacro %}{{ f(40) }}",
 }
@@ -170,7 +172,8 @@ PIECES = [
     "{{ ''.join(['a', 'b']) }}", "{{ first_name|center(9) }}", "{{ 'a\nb'|indent(2, true) }}",
     "{{ name|replace('a', 'A') }}", "{{ name|replace(old='a', new='4', count=1) }}",
     "{{ first_name|join('.') }}", "{{ name.replace('e', 'E') }}", "{{ name|wordwrap(5) }}",
-    "{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }}", "{{ [1, 2, 3]|slice(2)|list }}",
+    "{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }}", "{{ [[1], [2, 3]]|sum(start=[]) }}",
+    "{{ range(4)|sum }}", "{{ [1, 2, 3]|slice(2)|list }}",
     "{% for k, v in fields|dictsort %}{{ loop.index }}{{ k }}={{ v }};{% endfor %}",
     "{% for x in [3, 1, 2]|sort %}{{ loop.length }}{{ loop.revindex }}{{ x }}{% endfor %}",
     "{% for x in [] %}never{% else %}empty{% endfor %}",
