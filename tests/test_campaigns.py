@@ -3,6 +3,7 @@ workers: staff write, preview and send; the audience obeys the policy; bad input
 a killed job resumes without a second copy; an opt-out during sending stops the mail."""
 
 import re
+from html import unescape
 from urllib.parse import urlsplit
 
 import pytest
@@ -252,6 +253,31 @@ def test_bad_input_is_refused_next_to_its_field_and_nothing_is_queued(
     assert error and message in error.group(1).replace("&#39;", "'")
     assert db.session.scalar(sa.select(sa.func.count()).select_from(campaigns.Campaign)) == 0
     assert outbox_rows() == 0
+
+
+def test_every_wrong_field_is_said_beside_it_in_one_answer(agent_client, newsletter):
+    form = agent_client.get("/staff/campaigns/new")
+    answer = agent_client.post("/staff/campaigns/new", data={
+        "csrf_token": csrf_token(form.text),
+        "subject": "Hello\r\nBcc: everyone@example.test",
+        "list_id": newsletter.id,
+        "text_body": "Hello {{ first_name",
+        "html_body": "<p>{{ 'a' * 10**9 }}</p>",
+        "audience-combine": "all",
+    })
+    assert answer.status_code == 200
+    errors = {
+        field: unescape(message)
+        for field, message in re.findall(r'<p class="error" id="(\w+)-error">([^<]*)</p>',
+                                         answer.text)
+    }
+    assert set(errors) == {"subject", "text_body", "html_body"}
+    assert "without line breaks" in errors["subject"]
+    assert errors["text_body"].startswith("line 1")
+    assert "would be larger than 524,288 characters" in errors["html_body"]
+    # What was typed stays in the form, and nothing is saved.
+    assert "Hello {{ first_name</textarea>" in unescape(answer.text)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(campaigns.Campaign)) == 0
 
 
 def test_a_malformed_or_unknown_preview_contact_gets_a_clear_answer(agent_client, newsletter):

@@ -100,12 +100,14 @@ def _save(form: CampaignForm, campaign: campaigns.Campaign | None):
         if campaign is None:
             return campaigns.create(**values, author=staff_actor())
         return campaigns.update(campaign, **values)
-    except campaigns.CampaignError as error:
-        if error.field == "audience":
-            field = form.audience.form.combine
-        else:
-            field = getattr(form, error.field or "subject")
-        field.errors = [*field.errors, str(error)]
+    except campaigns.CampaignError as refused:
+        # Every field's problem beside it, in one answer.
+        for error in getattr(refused, "errors", [refused]):
+            if error.field == "audience":
+                field = form.audience.form.combine
+            else:
+                field = getattr(form, error.field or "subject")
+            field.errors = [*field.errors, str(error)]
         return None
 
 

@@ -17,6 +17,7 @@ from portal.campaigns import content
 from portal.campaigns.content import MAX_SUBJECT_LENGTH
 from portal.campaigns.content import PLACEHOLDERS
 from portal.campaigns.content import CampaignError
+from portal.campaigns.content import CampaignErrors
 from portal.campaigns.content import RenderError
 from portal.campaigns.content import render
 from portal.contacts import Contact
@@ -26,7 +27,7 @@ from portal.db import db
 from portal.db import utcnow
 from portal.lists import MailingList
 
-__all__ = ["PLACEHOLDERS", "Campaign", "CampaignError", "RenderError", "render"]
+__all__ = ["PLACEHOLDERS", "Campaign", "CampaignError", "CampaignErrors", "RenderError", "render"]
 
 STATUSES = ("draft", "sending", "sent")
 
@@ -70,15 +71,21 @@ def check(
     *, subject: str, text_body: str, html_body: str, list_id, audience_rule: dict | None = None
 ) -> dict | None:
     """Return the audience rule in normal form, or raise CampaignError naming the field,
-    unless a campaign like this can be sent."""
-    content.check(subject, text_body, html_body)
+    unless a campaign like this can be sent (CampaignErrors, one for each, where several
+    fields are wrong)."""
+    errors = []
+    with content.collected(errors):
+        content.check(subject, text_body, html_body)
     mailing_list = db.session.get(MailingList, list_id) if isinstance(list_id, int) else None
     if mailing_list is None:
-        raise CampaignError("choose one of the mailing lists", "list_id")
+        errors.append(CampaignError("choose one of the mailing lists", "list_id"))
+    rule = None
     try:
-        return rules.validate(audience_rule)
+        rule = rules.validate(audience_rule)
     except rules.RuleError as error:
-        raise CampaignError(str(error), "audience") from None
+        errors.append(CampaignError(str(error), "audience"))
+    content.raise_all(errors)
+    return rule
 
 
 def create(

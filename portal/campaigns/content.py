@@ -5,6 +5,8 @@ contact only: a sensitive field is only ever seen masked (SECURITY.md 15). The H
 sanitized after rendering, so whatever a template produces, only the allowed tags go out.
 """
 
+from contextlib import contextmanager
+
 import jinja2
 from flask import current_app
 from jinja2 import meta
@@ -44,6 +46,34 @@ class CampaignError(ValueError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+class CampaignErrors(CampaignError):
+    """Several fields are wrong at once: `errors` holds each one's CampaignError, so that a
+    form can say every problem beside its field in one answer. It reads as the first."""
+
+    def __init__(self, errors: list[CampaignError]):
+        super().__init__(str(errors[0]), errors[0].field)
+        self.errors = errors
+
+
+@contextmanager
+def collected(errors: list[CampaignError]):
+    """Add the CampaignError (or each of the CampaignErrors) raised in the block to `errors`."""
+    try:
+        yield
+    except CampaignErrors as several:
+        errors.extend(several.errors)
+    except CampaignError as error:
+        errors.append(error)
+
+
+def raise_all(errors: list[CampaignError]) -> None:
+    """Raise nothing for no error, the error for one, CampaignErrors for several."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise CampaignErrors(errors)
 
 
 class RenderError(CampaignError):
@@ -109,7 +139,17 @@ def _render(template: jinja2.Template, context: dict, field: str) -> str:
 
 
 def check(subject: str, text_body: str, html_body: str) -> None:
-    """Raise CampaignError, naming the field, unless subject and bodies can be sent."""
+    """Raise CampaignError, naming the field, unless subject and bodies can be sent; where
+    several fields are wrong, a CampaignErrors with one error for each."""
+    errors = []
+    with collected(errors):
+        _check_subject(subject)
+    with collected(errors):
+        _check_bodies(text_body, html_body)
+    raise_all(errors)
+
+
+def _check_subject(subject: str) -> None:
     if not subject.strip():
         raise CampaignError("write a subject", "subject")
     try:
@@ -120,6 +160,9 @@ def check(subject: str, text_body: str, html_body: str) -> None:
         ) from None
     if len(subject) > MAX_SUBJECT_LENGTH:
         raise CampaignError(f"the subject has at most {MAX_SUBJECT_LENGTH} characters", "subject")
+
+
+def _check_bodies(text_body: str, html_body: str) -> None:
     if not text_body.strip():
         raise CampaignError("write the text of the message", "text_body")
     for field, body in (("text_body", text_body), ("html_body", html_body)):
@@ -132,10 +175,14 @@ def check(subject: str, text_body: str, html_body: str) -> None:
         raise CampaignError(
             f"the text and HTML together are larger than {limit // 2} bytes", "text_body"
         )
-    parse(_TEXT, text_body, "text_body")
-    parse(_HTML, html_body, "html_body")
-    _try_render(_TEXT, text_body, "text_body")
-    _try_render(_HTML, html_body, "html_body")
+    # Each body on its own: a problem in the text does not hide one in the HTML.
+    errors = []
+    for environment, body, field in ((_TEXT, text_body, "text_body"),
+                                     (_HTML, html_body, "html_body")):
+        with collected(errors):
+            parse(environment, body, field)
+            _try_render(environment, body, field)
+    raise_all(errors)
 
 
 def _templates(campaign):
