@@ -154,12 +154,22 @@ def _new_slug(model, title: str, fallback: str) -> str:
 
 def _consent_values(definition: consent.ConsentDefinition) -> dict:
     version = definition.current_version
-    return {
+    values = {
         "title": version.title,
         "text": version.text,
         "display_condition": definition.display_condition,
         "default_selected": definition.default_selected,
     }
+    # Each language's wording under its own names ("title (de)"), so the history says which.
+    for language, wording in sorted((version.translations or {}).items()):
+        values[f"title ({language})"] = wording["title"]
+        values[f"text ({language})"] = wording["text"]
+    return values
+
+
+def _plain_wordings(translations: dict[str, tuple[str, str]] | None) -> dict:
+    return {language: (plain_text(title), plain_text(text))
+            for language, (title, text) in (translations or {}).items()}
 
 
 def add_consent(
@@ -171,8 +181,10 @@ def add_consent(
     display_condition: dict | None,
     default_selected: bool,
     author: str,
+    translations: dict[str, tuple[str, str]] | None = None,
 ) -> consent.ConsentDefinition:
-    """Create a consent with its first wording, and log it."""
+    """Create a consent with its first wording (and that wording in other languages:
+    {language: (title, text)}), and log it."""
     title, text = plain_text(title), plain_text(text)
     definition = consent.define(
         _new_slug(consent.ConsentDefinition, title, "consent"),
@@ -182,6 +194,7 @@ def add_consent(
         field=field,
         display_condition=display_condition,
         default_selected=default_selected,
+        translations=_plain_wordings(translations),
     )
     _log("consent", definition, "created", changes_between({}, _consent_values(definition)), author)
     return definition
@@ -197,21 +210,26 @@ def edit_consent(
     default_selected: bool,
     author: str,
     based_on: int,
+    translations: dict[str, tuple[str, str]] | None = None,
 ) -> CatalogueEdit | None:
-    """Change a consent: a new wording becomes a new version; return the logged edit, or None
-    if nothing changed."""
+    """Change a consent: a new wording, in any language, becomes a new version; return the
+    logged edit, or None if nothing changed. `translations` ({language: (title, text)})
+    gives the whole wording in other languages: a language left out has none."""
     _check_fresh("consent", definition.id, based_on)
     before = _consent_values(definition)
     title, text = plain_text(title), plain_text(text)
+    wordings = _plain_wordings(translations)
     display_condition = rules.validate(display_condition)
-    if (title, text) != (before["title"], before["text"]):
-        consent.add_version(definition, title, text, material=material)
+    current = definition.current_version
+    if ((title, text) != (current.title, current.text)
+            or consent.translations_of(wordings) != (current.translations or {})):
+        consent.add_version(definition, title, text, material=material, translations=wordings)
     definition.display_condition = display_condition
     definition.default_selected = default_selected
     changes = changes_between(before, _consent_values(definition))
     if not changes:
         return None
-    if "text" in changes or "title" in changes:
+    if definition.current_version is not current:
         changes["version"] = [None, definition.current_version.number]
         if definition.current_version.material:
             changes["material"] = [None, True]

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import get_locale
 from sqlalchemy.orm import selectinload
 
 from portal import rules
@@ -85,6 +86,16 @@ class VersionInfo:
     title: str
     text: str
     text_sha256: str
+    #: The same wording in other languages: ((language, (title, text, text_sha256)), ...).
+    translations: tuple = ()
+
+    def in_language(self, language: str) -> "VersionInfo":
+        """Return this version as a page in `language` shows it: its wording in that
+        language if it has one, else its own."""
+        for found, (title, text, text_sha256) in self.translations:
+            if found == language:
+                return VersionInfo(self.id, self.number, title, text, text_sha256)
+        return self
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,10 @@ def _read_catalogue() -> Catalogue:
         (
             DefinitionInfo(d.id, d.slug, d.kind, d.field_id,
                            _condition(d.display_condition, fields), d.default_selected),
-            VersionInfo(v.id, v.number, v.title, v.text, v.text_sha256),
+            VersionInfo(v.id, v.number, v.title, v.text, v.text_sha256, tuple(
+                (language, (w["title"], w["text"], w["text_sha256"]))
+                for language, w in sorted((v.translations or {}).items())
+            )),
         )
         for d in definitions
         for v in [d.current_version]
@@ -349,8 +363,10 @@ def page_for(contact: Contact) -> Page:
                 waiting=waiting)
     page.lists = [item for item in known.lists if item.public or item.id in subscribed]
     if full:
+        # The wording in the page's language (B11), the one a decision then records (B2).
+        language = str(get_locale() or "")
         page.consents = [
-            ConsentChoice(definition, version, states.get(definition.id))
+            ConsentChoice(definition, version.in_language(language), states.get(definition.id))
             for definition, version in known.consents
             if definition.display_condition.holds(contact, known.fields, values)
         ]

@@ -74,8 +74,19 @@ class ConsentVersion(db.Model):
     # A material change re-asks contacts whose accepted version is older (B3).
     material: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The same wording in the page's other languages, part of the version and as immutable:
+    # {language: {"title", "text", "text_sha256"}}. A language without one shows the above.
+    translations: Mapped[dict | None] = mapped_column(sa.JSON)
 
     consent: Mapped[ConsentDefinition] = relationship(back_populates="versions")
+
+    def wording(self, language: str | None) -> tuple[str, str, str]:
+        """Return the title, text and text digest shown in a language (the version's own
+        wording where it has none in that language)."""
+        found = (self.translations or {}).get(language or "")
+        if found:
+            return found["title"], found["text"], found["text_sha256"]
+        return self.title, self.text, self.text_sha256
 
 
 @sa.event.listens_for(ConsentVersion, "before_update")
@@ -120,8 +131,9 @@ def define(
     display_condition: dict | None = None,
     default_selected: bool = False,
     legal_basis: str = "consent",
+    translations: dict[str, tuple[str, str]] | None = None,
 ) -> ConsentDefinition:
-    """Create a consent with its first text version."""
+    """Create a consent with its first text version (and its wording in other languages)."""
     if kind not in KINDS:
         raise ConsentError(f"kind must be one of {', '.join(KINDS)}")
     if kind == "storage" and (field is None or not field.sensitive):
@@ -138,14 +150,33 @@ def define(
         legal_basis=legal_basis,
     )
     db.session.add(definition)
-    add_version(definition, title, text)
+    add_version(definition, title, text, translations=translations)
     return definition
 
 
+def translations_of(wordings: dict[str, tuple[str, str]] | None) -> dict:
+    """Return a version's translations from {language: (title, text)}: an empty pair means no
+    wording in that language, half of one is refused."""
+    found = {}
+    for language, (title, text) in sorted((wordings or {}).items()):
+        if not title.strip() and not text.strip():
+            continue
+        if not title.strip() or not text.strip():
+            raise ConsentError(f"the wording in {language!r} needs both a title and a text")
+        found[language] = {"title": title, "text": text, "text_sha256": sha256_hex(text)}
+    return found
+
+
 def add_version(
-    definition: ConsentDefinition, title: str, text: str, *, material: bool = False
+    definition: ConsentDefinition,
+    title: str,
+    text: str,
+    *,
+    material: bool = False,
+    translations: dict[str, tuple[str, str]] | None = None,
 ) -> ConsentVersion:
-    """Add a new wording to a consent; the earlier ones stay as they were."""
+    """Add a new wording to a consent, with its wording in other languages ({language:
+    (title, text)}); the earlier versions stay as they were."""
     if not title.strip() or not text.strip():
         raise ConsentError("a consent needs a title and a text")
     number = len(definition.versions) + 1
@@ -155,6 +186,7 @@ def add_version(
         text=text,
         text_sha256=sha256_hex(text),
         material=material and number > 1,
+        translations=translations_of(translations) or None,
     )
     definition.versions.append(version)
     db.session.flush()
@@ -189,6 +221,8 @@ def decide(
         raise ConsentError(f"the consent {definition.slug!r} is retired")
     state = "granted" if granted else "revoked"
     current = state_of(contact, definition)
+    # The digest of the wording shown: the page shows the version in its language (B2).
+    _title, _text, shown_sha256 = version.wording(language)
     event = ledger.append(
         contact_ref=contact.public_id,
         subject_type="consent",
@@ -197,7 +231,7 @@ def decide(
         value_from=current.state if current else None,
         value_to=state,
         text_version=version.number,
-        text_sha256=version.text_sha256,
+        text_sha256=shown_sha256,
         method=method,
         actor=actor,
         evidence_ref=evidence_ref,

@@ -91,6 +91,52 @@ CONSENTS = (
     ),
 )
 
+#: The demo consents' wording in the page's other languages: a German, French or Japanese
+#: contact reads them in their language; store-card-number has English only, as a business
+#: may have, and shows it to everyone.
+CONSENT_WORDINGS = {
+    "store-national-id": {
+        "de": ("Meine Personalausweisnummer speichern",
+               "Wir dürfen Ihre Ausweisnummer verschlüsselt speichern, um Ihre Identität bei "
+               "Verträgen zu prüfen."),
+        "fr": ("Conserver mon numéro d'identité nationale",
+               "Nous pouvons conserver votre numéro d'identité, chiffré, pour vérifier votre "
+               "identité lors d'un contrat."),
+        "ja": ("マイナンバーの保管",
+               "契約時の本人確認のため、お客様の個人番号を暗号化して保管することがあります。"),
+    },
+    "tracking": {
+        "de": ("Nutzungsmessung",
+               "Wir dürfen erfassen, wann Sie unsere E-Mails öffnen, ihre Links anklicken und "
+               "Dokumente ansehen, die wir Ihnen senden."),
+        "fr": ("Mesure d'audience",
+               "Nous pouvons enregistrer quand vous ouvrez nos e-mails, cliquez sur leurs liens "
+               "et consultez les documents que nous vous envoyons."),
+        "ja": ("利用状況の計測",
+               "メールの開封、リンクのクリック、お送りした資料の閲覧を記録することがあります。"),
+    },
+    "share-with-partners": {
+        "de": ("Meine Daten an Partner weitergeben",
+               "Wir dürfen Ihren Namen und Ihre E-Mail-Adresse an unsere Vertriebspartner in "
+               "Ihrem Land weitergeben."),
+        "fr": ("Partager mes coordonnées avec des partenaires",
+               "Nous pouvons transmettre votre nom et votre adresse e-mail à nos revendeurs "
+               "partenaires dans votre pays."),
+        "ja": ("提携先への情報提供",
+               "お客様のお名前とメールアドレスを、お住まいの国の販売提携先に提供することがあります。"),
+    },
+    "automated-decisions": {
+        "de": ("Automatisierte Entscheidungen",
+               "Wir dürfen anhand einer automatischen Bewertung entscheiden, welche Angebote "
+               "wir Ihnen zeigen."),
+        "fr": ("Décisions automatisées",
+               "Nous pouvons utiliser une évaluation automatique pour choisir les offres que "
+               "nous vous présentons."),
+        "ja": ("自動化された意思決定",
+               "自動スコアリングにより、お客様に表示するオファーを決めることがあります。"),
+    },
+}
+
 POLICY_HTML = (
     "<p>We keep your name, email address and preferences to send you the email you asked for. "
     "Sensitive data is stored only with your consent, encrypted.</p>"
@@ -197,12 +243,14 @@ def load() -> Summary:
 
     definitions = {}
     for slug, kind, field_name, condition, title, text in CONSENTS:
+        translations = CONSENT_WORDINGS.get(slug)
         found = db.session.scalar(
             sa.select(consent.ConsentDefinition).where(consent.ConsentDefinition.slug == slug)
         )
         if found is None:
             found = consent.define(
-                slug, kind, title, text, display_condition=condition, field=fields.get(field_name)
+                slug, kind, title, text, display_condition=condition, field=fields.get(field_name),
+                translations=translations,
             )
             summary.count("consents")
         definitions[slug] = found

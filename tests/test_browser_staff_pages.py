@@ -72,7 +72,7 @@ def test_a_settings_checkbox_sits_beside_its_label(page, server_url):  # noqa: F
 
     # The text fields keep their width.
     page.goto(f"{server_url}/staff/settings/consents/new")
-    assert page.get_by_label("Title").bounding_box()["width"] > 200
+    assert page.get_by_label("Title", exact=True).bounding_box()["width"] > 200
     assert page.get_by_role("checkbox").bounding_box()["width"] < 40
 
 

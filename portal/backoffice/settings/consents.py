@@ -1,5 +1,6 @@
 """Consents and mailing lists in the settings area: create, edit, retire, each edit logged."""
 
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -41,6 +42,11 @@ def _sensitive_fields() -> list[FieldDefinition]:
     )
 
 
+def _languages() -> list[str]:
+    """The languages of the contact's page: a consent's wording may be given in each."""
+    return list(current_app.config["PORTAL_LANGUAGES"])
+
+
 def _done(message: str):
     db.session.commit()
     forget_catalogue()
@@ -53,6 +59,7 @@ def _done(message: str):
 def consent_new():
     """Define a new consent with its first wording, condition and default."""
     form = NewConsentForm()
+    form.prepare_wordings(_languages())
     fields = _sensitive_fields()
     form.field.choices = options({"": "—", **{str(f.id): f.label for f in fields}})
     prepare_rule(form.condition.form, [f.name for f in catalogue.rule_fields()])
@@ -63,12 +70,13 @@ def consent_new():
         context["counts"] = {"condition": rule_count(form.condition.form)}
         return render_count("backoffice/settings/consent_new.html", "condition", **context)
     valid = form.validate()
+    wordings = form.wordings_for(_languages())
     condition, rule_valid = rule_from(form.condition.form)
     field = next((f for f in fields if str(f.id) == form.field.data), None)
     if form.kind.data == "storage" and field is None:
         form.field.errors = [_("Choose the sensitive field this consent covers.")]
         valid = False
-    if not (valid and rule_valid):
+    if not (valid and rule_valid and wordings is not None):
         return render_template("backoffice/settings/consent_new.html", **context)
     try:
         definition = catalogue.add_consent(
@@ -79,6 +87,7 @@ def consent_new():
             display_condition=condition,
             default_selected=form.default_selected.data,
             author=author(),
+            translations=wordings,
         )
     except ConsentError as error:
         db.session.rollback()
@@ -105,6 +114,7 @@ def consent_edit(consent_id: int):
                 "based_on": catalogue.last_edit("consent", definition.id),
             }
         )
+    form.prepare_wordings(_languages(), definition.current_version.translations)
     prepare_rule(form.condition.form, [f.name for f in catalogue.rule_fields()])
     context = {
         "form": form,
@@ -119,17 +129,19 @@ def consent_edit(consent_id: int):
         context["counts"] = {"condition": rule_count(form.condition.form)}
         return render_count("backoffice/settings/consent_edit.html", "condition", **context)
     valid = form.validate()
+    wordings = form.wordings_for(_languages(), definition.current_version.translations)
     condition, rule_valid = rule_from(form.condition.form)
     if definition.retired_at is not None:
         flash(_("This consent is retired: it can no longer be changed."))
         return redirect(url_for("backoffice.consent_edit", consent_id=definition.id), code=303)
-    if not (valid and rule_valid):
+    if not (valid and rule_valid and wordings is not None):
         return render_template("backoffice/settings/consent_edit.html", **context)
     try:
         edit = catalogue.edit_consent(
             definition,
             title=form.title.data,
             text=form.text.data,
+            translations=wordings,
             material=form.material.data,
             display_condition=condition,
             default_selected=form.default_selected.data,

@@ -3,6 +3,9 @@ combined with "all" or "any")."""
 
 import json
 
+from babel import Locale
+from babel import UnknownLocaleError
+from flask_babel import get_locale
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField
@@ -28,6 +31,15 @@ from portal.db import canonical_json
 from portal.db import whole_number
 
 STALE_FORM = _l("This form is incomplete. Reload the page and make your changes again.")
+HALF_A_WORDING = _l("Give both a title and a text in this language, or neither.")
+
+
+def language_name(language: str | None) -> str:
+    """Return a language's name in the staff member's own language ("Deutsch" is "German")."""
+    try:
+        return Locale.parse(language).get_display_name(str(get_locale() or "en")) or language
+    except (ValueError, TypeError, UnknownLocaleError):
+        return language or ""
 #: Blank rows offered under a rule's conditions, so one can be added without JavaScript.
 BLANK_ROWS = 2
 
@@ -119,13 +131,64 @@ class SettingsForm(FlaskForm):
     note = StringField(_l("Note for the history (optional)"), validators=[Length(max=200)])
 
 
+class WordingForm(Form):
+    """A consent's wording in one of the page's languages; both empty means none."""
+
+    language = HiddenField()
+    title = StringField(_l("Title"), validators=[Optional(), Length(max=200)])
+    text = TextAreaField(_l("Text the contact reads"), validators=[Optional(), Length(max=10000)])
+
+
 class ConsentForm(FlaskForm):
     title = StringField(_l("Title"), validators=[DataRequired(), Length(max=200)])
     text = TextAreaField(
         _l("Text the contact reads"), validators=[DataRequired(), Length(max=10000)]
     )
+    wordings = FieldList(FormField(WordingForm))
     condition = FormField(RuleForm, label=_l("Who is asked (display condition)"))
     default_selected = BooleanField(_l("Pre-position the answer on “Yes”"))
+
+    def prepare_wordings(self, languages: list[str], current: dict | None = None) -> None:
+        """Offer one wording per language of the page, filled from `current` ({language:
+        {"title", "text"}}) on a form not yet posted, and label each with its language."""
+        if not self.is_submitted():
+            while self.wordings.entries:
+                self.wordings.pop_entry()
+            for language in languages:
+                found = (current or {}).get(language, {})
+                self.wordings.append_entry(
+                    {"language": language, "title": found.get("title", ""),
+                     "text": found.get("text", "")}
+                )
+        for entry in self.wordings:
+            name = language_name(entry.form.language.data)
+            entry.form.title.label.text = _l("Title in %(language)s", language=name)
+            entry.form.text.label.text = _l("Text in %(language)s", language=name)
+
+    def wordings_for(
+        self, languages: list[str], current: dict | None = None
+    ) -> dict[str, tuple[str, str]] | None:
+        """Return the posted wording of each language ({language: (title, text)}), or None,
+        with the form told why: a wording half given, or some languages missing (a form
+        from before a language was added, or one made up). A form with none at all (from
+        before wordings per language) keeps the `current` ones."""
+        posted = {entry.form.language.data: (entry.form.title.data or "",
+                                              entry.form.text.data or "")
+                  for entry in self.wordings}
+        if not posted:
+            return {language: (wording["title"], wording["text"])
+                    for language, wording in (current or {}).items()}
+        if set(posted) != set(languages):
+            self.title.errors = [*self.title.errors, STALE_FORM]
+            return None
+        complete = True
+        for entry in self.wordings:
+            title, text = entry.form.title, entry.form.text
+            if bool((title.data or "").strip()) != bool((text.data or "").strip()):
+                missing = text if (title.data or "").strip() else title
+                missing.errors = [*missing.errors, HALF_A_WORDING]
+                complete = False
+        return posted if complete else None
 
 
 class NewConsentForm(ConsentForm):

@@ -96,9 +96,11 @@ def settings_preview_page():
     return framed(_shown(form, _render_manage) if form.validate() else None, FRAME_POLICY)
 
 
-def _render_manage(contact, page, _described) -> str:
+def _render_manage(contact, _page, _described) -> str:
     # As on the real page: the contact's own language first. The form has already asked for
-    # the staff member's language, so the choice is made again.
+    # the staff member's language, so the choice is made again, and the page is read again
+    # in it (a consent's wording in that language).
     g.contact_language = contact.language
     refresh()
-    return render_template("preferences/manage.html", **manage_context(PREVIEW_TOKEN, page))
+    return render_template("preferences/manage.html",
+                           **manage_context(PREVIEW_TOKEN, page_for(contact)))
