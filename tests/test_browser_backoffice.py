@@ -79,7 +79,9 @@ def test_a_first_day_in_the_back_office(page, server_url, live_app):  # noqa: F8
     # Add a consent asked only of French-speaking contacts.
     page.goto(f"{server_url}/staff/settings/consents/new")
     page.get_by_label("Title", exact=True).fill(CONSENT_TITLE)
-    page.get_by_label("Text the contact reads", exact=True).fill("May we invite you to our events in Paris?")
+    page.get_by_label("Text the contact reads", exact=True).fill(
+        "May we invite you to our events in Paris?"
+    )
     page.get_by_label("Condition 1: field").select_option("language")
     page.get_by_label("Condition 1: operator").select_option("equals")
     page.get_by_label("Condition 1: value").fill("fr")
