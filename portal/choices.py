@@ -358,13 +358,15 @@ def page_for(contact: Contact) -> Page:
     settings_now = known.settings
     full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
                                                                       values)
+    # The page's language: the wording of the policy and of each consent shown in it (B11).
+    language = str(get_locale() or "")
+    policy = (settings_now["policy_translations"] or {}).get(language) or settings_now[
+        "policy_html"]
     page = Page(contact=contact, full=full, rule_version=known.rule_version,
-                policy_html=settings_now["policy_html"] if full else "", subscribed=subscribed,
-                waiting=waiting)
+                policy_html=policy if full else "", subscribed=subscribed, waiting=waiting)
     page.lists = [item for item in known.lists if item.public or item.id in subscribed]
     if full:
-        # The wording in the page's language (B11), the one a decision then records (B2).
-        language = str(get_locale() or "")
+        # A decision then records the digest of the wording shown (B2).
         page.consents = [
             ConsentChoice(definition, version.in_language(language), states.get(definition.id))
             for definition, version in known.consents

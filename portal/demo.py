@@ -142,6 +142,20 @@ POLICY_HTML = (
     "Sensitive data is stored only with your consent, encrypted.</p>"
     "<p>You can change your mind at any time on this page.</p>"
 )
+#: The same statement in the page's other languages.
+POLICY_TRANSLATIONS = {
+    "de": "<p>Wir speichern Ihren Namen, Ihre E-Mail-Adresse und Ihre Einstellungen, um Ihnen "
+          "die gewünschten E-Mails zu senden. Sensible Daten speichern wir nur mit Ihrer "
+          "Einwilligung und verschlüsselt.</p>"
+          "<p>Sie können Ihre Meinung auf dieser Seite jederzeit ändern.</p>",
+    "fr": "<p>Nous conservons votre nom, votre adresse e-mail et vos préférences pour vous "
+          "envoyer les e-mails que vous avez demandés. Les données sensibles ne sont conservées "
+          "qu'avec votre consentement, chiffrées.</p>"
+          "<p>Vous pouvez changer d'avis à tout moment sur cette page.</p>",
+    "ja": "<p>ご希望のメールをお送りするため、お名前、メールアドレス、設定を保管します。"
+          "機微な情報は、同意をいただいた場合にのみ暗号化して保管します。</p>"
+          "<p>このページでいつでも選択を変更できます。</p>",
+}
 
 FIRST_NAMES = (
     "Anna",
@@ -259,6 +273,7 @@ def load() -> Summary:
         settings.save(
             {
                 "policy_html": POLICY_HTML,
+                "policy_translations": POLICY_TRANSLATIONS,
                 "audience_rule": {"field": "region", "op": "in", "value": ["EU", "UK", "JP"]},
             },
             based_on=0,

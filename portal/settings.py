@@ -28,6 +28,9 @@ DEFAULTS = {
     "notification_rule": None,
     "footer_html": "",
     "policy_html": "",
+    # The policy statement in the page's languages, {language: html}; a language without one
+    # shows policy_html.
+    "policy_translations": {},
     # M4: Double opt-in only is the recommended default.
     "campaign_policy": "double",
 }
@@ -89,6 +92,9 @@ def save(changes: dict, *, based_on: int, author: str, note: str = "") -> Settin
     def cleaned(name, value):
         if name in HTML_SETTINGS:
             return sanitize_html(value)
+        if name == "policy_translations":
+            return {language: sanitize_html(html) for language, html in sorted(value.items())
+                    if html.strip()}
         if name in RULE_SETTINGS:
             # A rule naming an unknown field or a value of the wrong type is refused here
             # (RuleError names it) and nothing is saved.

@@ -1,9 +1,10 @@
-"""A consent's wording in each language of the page (B11), and the proof of the one read (B2).
+"""Staff-written texts in each language of the page (B11): a consent's wording, with the proof
+of the one read (B2), and the policy statement.
 
 A version carries its wording in the page's other languages, as immutable as its own. A
 contact reads the consent in the page's language where there is one, and the ledger records
 the digest of exactly that text; staff give the wordings on the consent's form, and a change
-to any of them is a new version.
+to any of them is a new version. The policy statement is a setting, one per language.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
 from test_backoffice_settings import based_on
 from test_backoffice_settings import error_next_to
+from test_backoffice_settings import settings_data
 from test_changes import add_contact
 from test_preferences import CONFIRM_SUBJECT
 from test_preferences import client  # noqa: F401 (a fixture)
@@ -27,6 +29,7 @@ from test_preferences import world  # noqa: F401 (a fixture)
 
 from portal import consent
 from portal import ledger
+from portal import settings
 from portal.catalogue import CatalogueEdit
 from portal.choices import forget_catalogue
 from portal.consent import ConsentDefinition
@@ -201,3 +204,51 @@ def test_the_preview_shows_a_contact_the_wording_of_their_language(admin_client,
     shown = unescape(frame.text)
     assert GERMAN_TEXT in shown and ENGLISH_TEXT not in shown
     assert re.search(r'<html lang="de"', shown)
+
+
+def _policies(**given: str) -> dict:
+    """The settings form's rows of the policy statement, one per language of the page."""
+    data = {}
+    for number, language in enumerate(("en", "de", "fr", "ja")):
+        data[f"policy_wordings-{number}-language"] = language
+        data[f"policy_wordings-{number}-html"] = given.get(language, "")
+    return data
+
+
+def test_the_policy_statement_is_read_in_the_pages_language(client, admin_client, world):  # noqa: F811
+    page = admin_client.get("/staff/settings")
+    assert "Policy statement in German" in page.text
+    answer = admin_client.post("/staff/settings", data={
+        **settings_data(csrf_token(page.text)),
+        **_policies(de="<p>Wir nutzen Ihre Daten nur so, wie Sie es erlauben.</p>"
+                       "<script>alert(1)</script>"),
+    })
+    assert answer.status_code == 303
+    assert settings.values()["policy_translations"] == {
+        "de": "<p>Wir nutzen Ihre Daten nur so, wie Sie es erlauben.</p>"}
+    history = unescape(admin_client.get("/staff/settings/history").text)
+    assert ("Policy statement in other languages: <span class=\"before\"></span> → "
+            "<span class=\"after\">de: <p>Wir nutzen") in history
+
+    lena = add_contact("lena@example.com", language="de")
+    db.session.commit()
+    forget_catalogue()
+    german = unescape(client.get(manage_path(lena)).text)
+    assert "Wir nutzen Ihre Daten nur so, wie Sie es erlauben." in german
+    assert "We use your data only as you allow." not in german and "alert(1)" not in german
+    english = unescape(client.get(manage_path(world.ada)).text)
+    assert "We use your data only as you allow." in english
+
+    # The form shows them again; one that leaves a language out is an incomplete form.
+    page = admin_client.get("/staff/settings")
+    assert "Wir nutzen Ihre Daten" in unescape(page.text)
+    partial = _policies(fr="<p>Nous utilisons vos données.</p>")
+    del partial["policy_wordings-3-language"], partial["policy_wordings-3-html"]
+    answer = admin_client.post("/staff/settings",
+                               data={**settings_data(csrf_token(page.text)), **partial})
+    assert answer.status_code == 200 and "This form is incomplete" in answer.text
+    # One from before statements per language keeps the saved ones.
+    answer = admin_client.post("/staff/settings", data=settings_data(
+        csrf_token(page.text), footer_html="<p>Our footer.</p>"))
+    assert answer.status_code == 303
+    assert settings.values()["policy_translations"]["de"].startswith("<p>Wir nutzen")

@@ -4,12 +4,14 @@ The page itself, the history and the rule counts live here; consents and lists, 
 preview, in the modules beside it.
 """
 
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
@@ -20,8 +22,10 @@ from portal import settings
 from portal.backoffice import bp
 from portal.backoffice import role_required
 from portal.backoffice.settings.forms import SETTING_LABELS
+from portal.backoffice.settings.forms import STALE_FORM
 from portal.backoffice.settings.forms import SettingsForm
 from portal.backoffice.settings.forms import describe_rule
+from portal.backoffice.settings.forms import language_name
 from portal.backoffice.settings.forms import prepare_rule
 from portal.backoffice.settings.forms import rule_data
 from portal.backoffice.settings.forms import rule_from
@@ -98,6 +102,9 @@ def _form_from(values: dict, based_on: int, note: str = "") -> SettingsForm:
     """Return the settings form filled in with these values (not with the request's)."""
     data = {name: values[name] for name in EDITABLE if not name.endswith("_rule")}
     data.update({editor: rule_data(values[key]) for editor, key in RULES.items()})
+    translations = values["policy_translations"] or {}
+    data["policy_wordings"] = [{"language": language, "html": translations.get(language, "")}
+                               for language in current_app.config["PORTAL_LANGUAGES"]]
     form = SettingsForm(formdata=None, data={**data, "based_on": based_on, "note": note})
     _prepare(form)
     return form
@@ -107,6 +114,25 @@ def _prepare(form: SettingsForm) -> None:
     names = [field.name for field in catalogue.rule_fields()]
     prepare_rule(form.audience.form, names)
     prepare_rule(form.notification.form, names)
+    for entry in form.policy_wordings:
+        entry.form.html.label.text = _l("Policy statement in %(language)s",
+                                        language=language_name(entry.form.language.data))
+
+
+def _policy_translations(form: SettingsForm) -> dict | None:
+    """Return the posted policy statement of each language ({language: html}), the saved ones
+    for a form with none (from before statements per language), or None, with the form told
+    why, for one that leaves some languages out."""
+    languages = current_app.config["PORTAL_LANGUAGES"]
+    posted = {entry.form.language.data: entry.form.html.data or ""
+              for entry in form.policy_wordings}
+    if not posted:
+        return settings.values()["policy_translations"] or {}
+    if set(posted) != set(languages):
+        form.policy_html.errors = [*form.policy_html.errors, STALE_FORM]
+        return None
+    return {language: settings.sanitize_html(html)
+            for language, html in sorted(posted.items()) if html.strip()}
 
 
 def _version_number() -> int:
@@ -147,6 +173,8 @@ def settings_edit():
         counts = {counted: rule_count(getattr(form, counted).form)}
         return render_count("backoffice/settings/edit.html", counted, counts, **_context(form))
     valid = form.validate()
+    policy_translations = _policy_translations(form)
+    valid = valid and policy_translations is not None
     rule_values = {}
     for editor, key in RULES.items():
         rule, rule_valid = rule_from(getattr(form, editor).form)
@@ -158,6 +186,7 @@ def settings_edit():
         "page_enabled": form.page_enabled.data,
         "footer_html": form.footer_html.data or "",
         "policy_html": form.policy_html.data or "",
+        "policy_translations": policy_translations,
         "campaign_policy": form.campaign_policy.data,
         **rule_values,
     }

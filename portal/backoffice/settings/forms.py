@@ -64,6 +64,7 @@ SETTING_LABELS = {
     "notification_rule": _l("Who is notified"),
     "footer_html": _l("Email footer"),
     "policy_html": _l("Policy statement"),
+    "policy_translations": _l("Policy statement in other languages"),
     "campaign_policy": _l("Campaign opt-in policy"),
 }
 KIND_LABELS = {
@@ -116,6 +117,13 @@ class EditNumberField(IntegerField):
                 raise ValueError(STALE_FORM)
 
 
+class PolicyWordingForm(Form):
+    """The policy statement in one of the page's languages; empty means the default."""
+
+    language = HiddenField()
+    html = TextAreaField(_l("Policy statement"), validators=[Length(max=50000)])
+
+
 class SettingsForm(FlaskForm):
     based_on = EditNumberField()
     page_enabled = BooleanField(_l("Contacts can use the preference page"))
@@ -123,6 +131,7 @@ class SettingsForm(FlaskForm):
     notification = FormField(RuleForm, label=_l("Who is told of access and of new consents"))
     footer_html = TextAreaField(_l("Email footer"), validators=[Length(max=20000)])
     policy_html = TextAreaField(_l("Policy statement"), validators=[Length(max=50000)])
+    policy_wordings = FieldList(FormField(PolicyWordingForm))
     campaign_policy = RadioField(
         _l("Campaigns may be sent to contacts with the status"),
         choices=options(POLICY_LABELS),
@@ -319,5 +328,8 @@ def show_setting(name: str, value) -> str:
         return str(_l("yes") if value else _l("no"))
     if name == "campaign_policy":
         return str(POLICY_LABELS.get(value, value))
+    if name == "policy_translations":
+        text = "; ".join(f"{language}: {html}" for language, html in sorted((value or {}).items()))
+        return text if len(text) <= 160 else text[:160] + "…"
     text = str(value or "")
     return text if len(text) <= 160 else text[:160] + "…"
