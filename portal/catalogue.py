@@ -245,19 +245,43 @@ def retire_consent(definition: consent.ConsentDefinition, *, author: str) -> Non
 
 
 def _list_values(mailing_list: lists.MailingList) -> dict:
-    return {
+    values = {
         "name": mailing_list.name,
         "description": mailing_list.description,
         "public": mailing_list.public,
     }
+    for language, wording in sorted((mailing_list.translations or {}).items()):
+        values[f"name ({language})"] = wording["name"]
+        values[f"description ({language})"] = wording["description"]
+    return values
 
 
-def add_list(name: str, description: str, *, public: bool, author: str) -> lists.MailingList:
-    """Create a mailing list, and log it."""
+def _list_translations(translations: dict[str, tuple[str, str]] | None) -> dict | None:
+    """Return a list's translations from {language: (name, description)}: a language with
+    no name has none."""
+    found = {}
+    for language, (name, description) in sorted((translations or {}).items()):
+        name = plain_text(name)
+        if name:
+            found[language] = {"name": name, "description": plain_text(description)}
+    return found or None
+
+
+def add_list(
+    name: str,
+    description: str,
+    *,
+    public: bool,
+    author: str,
+    translations: dict[str, tuple[str, str]] | None = None,
+) -> lists.MailingList:
+    """Create a mailing list (with its name and description in other languages: {language:
+    (name, description)}), and log it."""
     name = plain_text(name)
     mailing_list = lists.create_list(
         _new_slug(lists.MailingList, name, "list"), name, plain_text(description), public=public
     )
+    mailing_list.translations = _list_translations(translations)
     _log("list", mailing_list, "created", changes_between({}, _list_values(mailing_list)), author)
     return mailing_list
 
@@ -270,12 +294,15 @@ def edit_list(
     public: bool,
     author: str,
     based_on: int,
+    translations: dict[str, tuple[str, str]] | None = None,
 ) -> CatalogueEdit | None:
-    """Change a list's name, description or visibility; return the logged edit, or None."""
+    """Change a list's name, description, their other languages (the whole of them: a
+    language left out has none) or visibility; return the logged edit, or None."""
     _check_fresh("list", mailing_list.id, based_on)
     before = _list_values(mailing_list)
     mailing_list.name = plain_text(name)
     mailing_list.description = plain_text(description)
+    mailing_list.translations = _list_translations(translations)
     mailing_list.public = public
     changes = changes_between(before, _list_values(mailing_list))
     return _log("list", mailing_list, "edited", changes, author) if changes else None

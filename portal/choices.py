@@ -50,6 +50,15 @@ class ListInfo:
     name: str
     description: str
     public: bool
+    #: Its name and description in other languages: ((language, (name, description)), ...).
+    translations: tuple = ()
+
+    def in_language(self, language: str) -> "ListInfo":
+        """Return the list as a page in `language` shows it."""
+        for found, (name, description) in self.translations:
+            if found == language:
+                return ListInfo(self.id, self.slug, name, description, self.public)
+        return self
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,10 @@ def _condition(rule: dict | None, fields: dict[str, FieldInfo]) -> Condition:
 def _read_catalogue() -> Catalogue:
     latest = settings.current()
     lists = tuple(
-        ListInfo(item.id, item.slug, item.name, item.description, item.public)
+        ListInfo(item.id, item.slug, item.name, item.description, item.public, tuple(
+            (language, (w["name"], w["description"]))
+            for language, w in sorted((item.translations or {}).items())
+        ))
         for item in db.session.scalars(sa.select(MailingList).order_by(MailingList.name))
     )
     fields = {
@@ -364,7 +376,8 @@ def page_for(contact: Contact) -> Page:
         "policy_html"]
     page = Page(contact=contact, full=full, rule_version=known.rule_version,
                 policy_html=policy if full else "", subscribed=subscribed, waiting=waiting)
-    page.lists = [item for item in known.lists if item.public or item.id in subscribed]
+    page.lists = [item.in_language(language) for item in known.lists
+                  if item.public or item.id in subscribed]
     if full:
         # A decision then records the digest of the wording shown (B2).
         page.consents = [

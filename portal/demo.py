@@ -40,6 +40,31 @@ LISTS = (
     ("events", "Events and webinars", "Invitations to events near you.", True),
     ("key-accounts", "Key accounts", "Account management mail, curated by staff.", False),
 )
+#: The public lists' names and descriptions in the page's other languages.
+LIST_WORDINGS = {
+    "newsletter": {
+        "de": {"name": "Monatlicher Newsletter",
+               "description": "Neuigkeiten und Geschichten, einmal im Monat."},
+        "fr": {"name": "Lettre d'information mensuelle",
+               "description": "Actualités et histoires, une fois par mois."},
+        "ja": {"name": "月刊ニュースレター",
+               "description": "ニュースと読み物を月に一度お届けします。"},
+    },
+    "product-updates": {
+        "de": {"name": "Produktneuheiten",
+               "description": "Neue Funktionen und Änderungen an dem, was Sie nutzen."},
+        "fr": {"name": "Nouveautés produit",
+               "description": "Nouvelles fonctions et changements de ce que vous utilisez."},
+        "ja": {"name": "製品アップデート", "description": "ご利用中の製品の新機能と変更点。"},
+    },
+    "events": {
+        "de": {"name": "Veranstaltungen und Webinare",
+               "description": "Einladungen zu Veranstaltungen in Ihrer Nähe."},
+        "fr": {"name": "Événements et webinaires",
+               "description": "Invitations à des événements près de chez vous."},
+        "ja": {"name": "イベントとウェビナー", "description": "お近くのイベントへのご招待。"},
+    },
+}
 
 FIELDS = (
     ("national_id", "National ID number", True, "text", 3),
@@ -242,6 +267,7 @@ def load() -> Summary:
         )
         if found is None:
             found = lists.create_list(slug, name, description, public=public)
+            found.translations = LIST_WORDINGS.get(slug)
             summary.count("mailing lists")
         mailing_lists[slug] = found
 

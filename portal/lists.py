@@ -31,6 +31,16 @@ class MailingList(db.Model):
     # A public list is offered on the preference page; others are managed by staff only.
     public: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its name and description in the page's other languages: {language: {"name",
+    # "description"}}. A language without one shows the above.
+    translations: Mapped[dict | None] = mapped_column(sa.JSON)
+
+    def wording(self, language: str | None) -> tuple[str, str]:
+        """Return the name and description a page in `language` shows."""
+        found = (self.translations or {}).get(language or "")
+        if found:
+            return found["name"], found["description"]
+        return self.name, self.description
 
 
 class Subscription(db.Model):

@@ -1,5 +1,5 @@
 """Staff-written texts in each language of the page (B11): a consent's wording, with the proof
-of the one read (B2), and the policy statement.
+of the one read (B2), the policy statement, and the mailing lists' names.
 
 A version carries its wording in the page's other languages, as immutable as its own. A
 contact reads the consent in the page's language where there is one, and the ledger records
@@ -10,6 +10,7 @@ to any of them is a new version. The policy statement is a setting, one per lang
 import hashlib
 import re
 from html import unescape
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
@@ -29,11 +30,15 @@ from test_preferences import world  # noqa: F401 (a fixture)
 
 from portal import consent
 from portal import ledger
+from portal import lists
 from portal import settings
+from portal import unsubscribe
 from portal.catalogue import CatalogueEdit
+from portal.catalogue import add_list
 from portal.choices import forget_catalogue
 from portal.consent import ConsentDefinition
 from portal.db import db
+from portal.lists import MailingList
 
 GERMAN_TITLE = "Mit Partnern teilen"
 GERMAN_TEXT = "Wir dürfen Ihre Angaben an unsere Partner weitergeben."
@@ -252,3 +257,84 @@ def test_the_policy_statement_is_read_in_the_pages_language(client, admin_client
         csrf_token(page.text), footer_html="<p>Our footer.</p>"))
     assert answer.status_code == 303
     assert settings.values()["policy_translations"]["de"].startswith("<p>Wir nutzen")
+
+
+GERMAN_NEWS = "Nachrichten"
+
+
+def _german_news(world) -> None:  # noqa: F811
+    world.news.translations = {"de": {"name": GERMAN_NEWS,
+                                      "description": "Einmal im Monat, was neu ist."}}
+    db.session.commit()
+    forget_catalogue()
+
+
+def test_a_contact_reads_the_lists_names_in_the_pages_language(client, smtp, world):  # noqa: F811
+    _german_news(world)
+    lena = add_contact("lena@example.com", language="de")
+    lists.set_subscription(lena, world.news, True, method="test", actor="test")
+    db.session.commit()
+
+    german = unescape(client.get(manage_path(lena)).text)
+    assert f'<label for="list-news">{GERMAN_NEWS}</label>' in german
+    assert "Einmal im Monat, was neu ist." in german
+    assert '<label for="list-news">Newsletter</label>' in unescape(
+        client.get(manage_path(world.ada)).text)
+    # The campaign's unsubscribe link, its leave page and the one-click answer name it so.
+    landing = unescape(client.get(f"{manage_path(lena)}?list=news").text)
+    assert f"{GERMAN_NEWS}" in re.search(r'<h2 id="leave-heading">(.*?)</h2>', landing).group(1)
+    leave = unescape(client.get(urlsplit(unsubscribe.one_click_url(lena, world.news)).path).text)
+    assert GERMAN_NEWS in leave and "Newsletter" not in leave
+    answer = client.post(urlsplit(unsubscribe.one_click_url(lena, world.news)).path,
+                         data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200 and GERMAN_NEWS in unescape(answer.text)
+
+
+def _list_rows(**given: tuple[str, str]) -> dict:
+    data = {}
+    for number, language in enumerate(("en", "de", "fr", "ja")):
+        name, description = given.get(language, ("", ""))
+        data.update({f"wordings-{number}-language": language, f"wordings-{number}-name": name,
+                     f"wordings-{number}-description": description})
+    return data
+
+
+def test_staff_name_a_list_in_each_language(admin_client):
+    page = admin_client.get("/staff/settings/lists/new")
+    assert "Name in German" in page.text and "Description in Japanese" in page.text
+    answer = admin_client.post("/staff/settings/lists/new", data={
+        "csrf_token": csrf_token(page.text), "based_on": based_on(page.text),
+        "name": "Newsletter", "public": "y",
+        **_list_rows(de=(GERMAN_NEWS, ""), fr=("", "Une fois par mois.")),
+    })
+    assert answer.status_code == 200  # a French description without its name
+    assert "Give the name in this language too" in (
+        error_next_to(answer.text, "wordings-2-name") or "")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(MailingList)) == 0
+
+    answer = admin_client.post("/staff/settings/lists/new", data={
+        "csrf_token": csrf_token(page.text), "based_on": based_on(page.text),
+        "name": "Newsletter", "public": "y", **_list_rows(de=(GERMAN_NEWS, "<b>Monatlich</b>")),
+    })
+    assert answer.status_code == 303
+    news = db.session.scalar(sa.select(MailingList))
+    assert news.wording("de") == (GERMAN_NEWS, "Monatlich")  # markup removed
+    assert news.wording("ja") == ("Newsletter", "")
+
+    edit_url = f"/staff/settings/lists/{news.id}"
+    page = admin_client.get(edit_url)
+    assert f'value="{GERMAN_NEWS}"' in page.text
+    answer = admin_client.post(edit_url, data={
+        "csrf_token": csrf_token(page.text), "based_on": based_on(page.text),
+        "name": "Newsletter", "public": "y", **_list_rows(de=(GERMAN_NEWS, "Jeden Monat.")),
+    })
+    assert answer.status_code == 303
+    db.session.refresh(news)
+    assert news.wording("de")[1] == "Jeden Monat."
+    edit = db.session.scalar(sa.select(CatalogueEdit).order_by(CatalogueEdit.id.desc()))
+    assert edit.changes == {"description (de)": ["Monatlich", "Jeden Monat."]}
+
+
+def test_a_list_made_without_other_languages_shows_its_own_name(app):
+    news = add_list("Newsletter", "Monthly.", public=True, author="test")
+    assert news.translations is None and news.wording("de") == ("Newsletter", "Monthly.")

@@ -13,6 +13,7 @@ from flask import g
 from flask import redirect
 from flask import render_template
 from flask import url_for
+from flask_babel import get_locale
 
 from portal import csrf
 from portal import lists
@@ -52,7 +53,7 @@ def unsubscribe_page(token: str):
     subscribed = db.session.get(lists.Subscription, (contact.id, mailing_list.id))
     return render_template(
         "preferences/leave.html",
-        list_name=mailing_list.name,
+        list_name=mailing_list.wording(str(get_locale()))[0],
         subscribed=subscribed is not None and subscribed.status == "subscribed",
         one_click=unsubscribe.make_token(contact, mailing_list),
     )
@@ -66,7 +67,7 @@ def one_click(token: str):
     unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence())
     # Read before the commit expires it: reading it after would open a second transaction
     # (on SQLite one that takes the write lock again) just to show the list's name.
-    list_name = mailing_list.name
+    list_name = mailing_list.wording(str(get_locale()))[0]
     # Committed before answering: a mail client takes the 200 as "done".
     db.session.commit()
     return render_template("preferences/unsubscribed.html", list_name=list_name)

@@ -194,11 +194,15 @@ def consent_retire(consent_id: int):
 def list_new():
     """Create a mailing list."""
     form = ListForm()
-    if not form.validate_on_submit():
+    form.prepare_wordings(_languages())
+    valid = form.validate_on_submit()
+    wordings = form.wordings_for(_languages()) if valid else None
+    if wordings is None:
         return render_template("backoffice/settings/list_new.html", form=form)
     try:
         mailing_list = catalogue.add_list(
-            form.name.data, form.description.data or "", public=form.public.data, author=author()
+            form.name.data, form.description.data or "", public=form.public.data,
+            author=author(), translations=wordings,
         )
     except ListError as error:
         db.session.rollback()
@@ -216,6 +220,7 @@ def list_edit(list_id: int):
         form = ListForm()
     else:
         form = ListForm(obj=mailing_list, based_on=catalogue.last_edit("list", mailing_list.id))
+    form.prepare_wordings(_languages(), mailing_list.translations)
     context = {
         "form": form,
         "mailing_list": mailing_list,
@@ -224,11 +229,15 @@ def list_edit(list_id: int):
     context["names"] = staff_names([edit.created_by for edit in context["edits"]])
     if request.method == "GET" or not form.validate():
         return render_template("backoffice/settings/list_edit.html", **context)
+    wordings = form.wordings_for(_languages(), mailing_list.translations)
+    if wordings is None:
+        return render_template("backoffice/settings/list_edit.html", **context)
     try:
         edit = catalogue.edit_list(
             mailing_list,
             name=form.name.data,
             description=form.description.data or "",
+            translations=wordings,
             public=form.public.data,
             author=author(),
             based_on=form.based_on.data or 0,

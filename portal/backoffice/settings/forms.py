@@ -32,6 +32,7 @@ from portal.db import whole_number
 
 STALE_FORM = _l("This form is incomplete. Reload the page and make your changes again.")
 HALF_A_WORDING = _l("Give both a title and a text in this language, or neither.")
+NAME_FIRST = _l("Give the name in this language too, or leave its description empty.")
 
 
 def language_name(language: str | None) -> str:
@@ -148,7 +149,77 @@ class WordingForm(Form):
     text = TextAreaField(_l("Text the contact reads"), validators=[Optional(), Length(max=10000)])
 
 
-class ConsentForm(FlaskForm):
+class ListWordingForm(Form):
+    """A mailing list's name and description in one of the page's languages."""
+
+    language = HiddenField()
+    name = StringField(_l("Name"), validators=[Optional(), Length(max=120)])
+    description = TextAreaField(_l("Description"), validators=[Optional(), Length(max=2000)])
+
+
+class InLanguages:
+    """A form offering its texts once more in each language of the page: the rows of its
+    `wordings` field list, two texts each (`PARTS`), the first needed wherever the second is
+    given (and, with `BOTH`, the second wherever the first is)."""
+
+    PARTS: tuple[str, str]
+    BOTH = False
+
+    @staticmethod
+    def part_label(part: str, language: str):
+        raise NotImplementedError
+
+    def prepare_wordings(self, languages: list[str], current: dict | None = None) -> None:
+        """Offer one row per language of the page, filled from `current` ({language: {part:
+        text}}) on a form not yet posted, and label each with its language."""
+        if not self.is_submitted():
+            while self.wordings.entries:
+                self.wordings.pop_entry()
+            for language in languages:
+                found = (current or {}).get(language, {})
+                self.wordings.append_entry(
+                    {"language": language, **{part: found.get(part, "") for part in self.PARTS}}
+                )
+        for entry in self.wordings:
+            name = language_name(entry.form.language.data)
+            for part in self.PARTS:
+                entry.form[part].label.text = self.part_label(part, name)
+
+    def wordings_for(
+        self, languages: list[str], current: dict | None = None
+    ) -> dict[str, tuple[str, str]] | None:
+        """Return the posted texts of each language ({language: (first, second)}), or None,
+        with the form told why: a row half given, or some languages missing (a form from
+        before a language was added, or one made up). A form with no rows at all (from
+        before texts per language) keeps the `current` ones."""
+        first, second = self.PARTS
+        posted = {entry.form.language.data: (entry.form[first].data or "",
+                                              entry.form[second].data or "")
+                  for entry in self.wordings}
+        if not posted:
+            return {language: (texts[first], texts[second])
+                    for language, texts in (current or {}).items()}
+        if set(posted) != set(languages):
+            self[first].errors = [*self[first].errors, STALE_FORM]
+            return None
+        complete = True
+        for entry in self.wordings:
+            given = [bool((entry.form[part].data or "").strip()) for part in self.PARTS]
+            if given[1] and not given[0]:
+                missing = entry.form[first]
+            elif self.BOTH and given[0] and not given[1]:
+                missing = entry.form[second]
+            else:
+                continue
+            missing.errors = [*missing.errors, HALF_A_WORDING if self.BOTH else NAME_FIRST]
+            complete = False
+        return posted if complete else None
+
+
+class ConsentForm(InLanguages, FlaskForm):
+    PARTS = ("title", "text")
+    BOTH = True
+
     title = StringField(_l("Title"), validators=[DataRequired(), Length(max=200)])
     text = TextAreaField(
         _l("Text the contact reads"), validators=[DataRequired(), Length(max=10000)]
@@ -157,47 +228,11 @@ class ConsentForm(FlaskForm):
     condition = FormField(RuleForm, label=_l("Who is asked (display condition)"))
     default_selected = BooleanField(_l("Pre-position the answer on “Yes”"))
 
-    def prepare_wordings(self, languages: list[str], current: dict | None = None) -> None:
-        """Offer one wording per language of the page, filled from `current` ({language:
-        {"title", "text"}}) on a form not yet posted, and label each with its language."""
-        if not self.is_submitted():
-            while self.wordings.entries:
-                self.wordings.pop_entry()
-            for language in languages:
-                found = (current or {}).get(language, {})
-                self.wordings.append_entry(
-                    {"language": language, "title": found.get("title", ""),
-                     "text": found.get("text", "")}
-                )
-        for entry in self.wordings:
-            name = language_name(entry.form.language.data)
-            entry.form.title.label.text = _l("Title in %(language)s", language=name)
-            entry.form.text.label.text = _l("Text in %(language)s", language=name)
-
-    def wordings_for(
-        self, languages: list[str], current: dict | None = None
-    ) -> dict[str, tuple[str, str]] | None:
-        """Return the posted wording of each language ({language: (title, text)}), or None,
-        with the form told why: a wording half given, or some languages missing (a form
-        from before a language was added, or one made up). A form with none at all (from
-        before wordings per language) keeps the `current` ones."""
-        posted = {entry.form.language.data: (entry.form.title.data or "",
-                                              entry.form.text.data or "")
-                  for entry in self.wordings}
-        if not posted:
-            return {language: (wording["title"], wording["text"])
-                    for language, wording in (current or {}).items()}
-        if set(posted) != set(languages):
-            self.title.errors = [*self.title.errors, STALE_FORM]
-            return None
-        complete = True
-        for entry in self.wordings:
-            title, text = entry.form.title, entry.form.text
-            if bool((title.data or "").strip()) != bool((text.data or "").strip()):
-                missing = text if (title.data or "").strip() else title
-                missing.errors = [*missing.errors, HALF_A_WORDING]
-                complete = False
-        return posted if complete else None
+    @staticmethod
+    def part_label(part: str, language: str):
+        if part == "title":
+            return _l("Title in %(language)s", language=language)
+        return _l("Text in %(language)s", language=language)
 
 
 class NewConsentForm(ConsentForm):
@@ -218,11 +253,20 @@ class RetireForm(FlaskForm):
     pass
 
 
-class ListForm(FlaskForm):
+class ListForm(InLanguages, FlaskForm):
+    PARTS = ("name", "description")
+
     based_on = EditNumberField()
     name = StringField(_l("Name"), validators=[DataRequired(), Length(max=120)])
     description = TextAreaField(_l("Description"), validators=[Length(max=2000)])
+    wordings = FieldList(FormField(ListWordingForm))
     public = BooleanField(_l("Public: offered on every contact's page"), default=True)
+
+    @staticmethod
+    def part_label(part: str, language: str):
+        if part == "name":
+            return _l("Name in %(language)s", language=language)
+        return _l("Description in %(language)s", language=language)
 
 
 class PreviewForm(FlaskForm):
