@@ -41,6 +41,8 @@ def language_name(language: str | None) -> str:
         return Locale.parse(language).get_display_name(str(get_locale() or "en")) or language
     except (ValueError, TypeError, UnknownLocaleError):
         return language or ""
+
+
 #: Blank rows offered under a rule's conditions, so one can be added without JavaScript.
 BLANK_ROWS = 2
 
