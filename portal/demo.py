@@ -40,8 +40,15 @@ LISTS = (
     ("events", "Events and webinars", "Invitations to events near you.", True),
     ("key-accounts", "Key accounts", "Account management mail, curated by staff.", False),
 )
-#: The public lists' names and descriptions in the page's other languages.
+#: The lists' names and descriptions in the page's other languages.
 LIST_WORDINGS = {
+    "key-accounts": {
+        "de": {"name": "Großkunden",
+               "description": "Post der Kundenbetreuung, von unserem Team zusammengestellt."},
+        "fr": {"name": "Grands comptes",
+               "description": "Courrier de la gestion de compte, préparé par notre équipe."},
+        "ja": {"name": "主要取引先", "description": "担当者が用意するアカウント管理のご連絡。"},
+    },
     "newsletter": {
         "de": {"name": "Monatlicher Newsletter",
                "description": "Neuigkeiten und Geschichten, einmal im Monat."},
