@@ -161,10 +161,10 @@ def latest_request(contact: Contact) -> DoiRequest | None:
     )
 
 
-def _recently_mailed(contact: Contact, now: datetime) -> bool:
+def _recently_mailed(contact: Contact, latest: DoiRequest | None, now: datetime) -> bool:
     """Whether a double opt-in mail went to the contact's current address in the last 24
     hours, under any of the contact's requests: an address changed A to B and back to A
-    within a day gets no second mail at A."""
+    within a day gets no second mail at A. `latest` is the contact's latest request."""
     since = now - RESEND_AFTER
     if db.session.scalar(
         sa.select(sa.func.count()).select_from(DoiRequest).where(
@@ -176,7 +176,6 @@ def _recently_mailed(contact: Contact, now: datetime) -> bool:
         return True
     # A request mailed before its address was recorded: the latest one counts if no address
     # change came after it.
-    latest = latest_request(contact)
     return (
         latest is not None
         and latest.sent_to is None
@@ -219,9 +218,9 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
     # the contact's row is locked until the transaction ends (PostgreSQL; SQLite serialises).
     db.session.execute(sa.select(Contact.id).where(Contact.id == contact.id).with_for_update())
     now = utcnow()
-    if _recently_mailed(contact, now):
-        return _not_sent("recently_sent")
     latest = latest_request(contact)
+    if _recently_mailed(contact, latest, now):
+        return _not_sent("recently_sent")
     decision = gate.decide(_category(source), recipient=contact.email, contact=contact)
     if not decision.allowed:
         return _not_sent(decision.reason, decision.explanation)

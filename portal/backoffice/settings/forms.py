@@ -375,7 +375,6 @@ def show_setting(name: str, value) -> str:
     if name == "campaign_policy":
         return str(POLICY_LABELS.get(value, value))
     if name == "policy_translations":
-        text = "; ".join(f"{language}: {html}" for language, html in sorted((value or {}).items()))
-        return text if len(text) <= 160 else text[:160] + "…"
+        value = "; ".join(f"{language}: {html}" for language, html in sorted((value or {}).items()))
     text = str(value or "")
     return text if len(text) <= 160 else text[:160] + "…"

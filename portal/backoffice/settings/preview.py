@@ -55,12 +55,12 @@ def _preview_contact(form: PreviewForm):
 
 
 def _shown(form: PreviewForm, show):
-    """Return show(contact, page, described) for the chosen contact, or None if unknown."""
+    """Return show(contact, described) for the chosen contact, or None if unknown."""
     contact, described = _preview_contact(form)
     if contact is None:
         form.contact.errors = [described]
         return None
-    return show(contact, page_for(contact), described)
+    return show(contact, described)
 
 
 def _form() -> PreviewForm:
@@ -75,17 +75,19 @@ def settings_preview():
     custom = [field for field in catalogue.rule_fields() if not field.builtin]
     context = {"form": form, "custom": custom, "typed": request.args}
     if request.args and form.validate():
-        shown = _shown(
-            form,
-            lambda _contact, page, described: {
-                "page": page,
-                "described": described,
-                "frame_query": request.query_string.decode(),
-                "consent_titles": [choice.version.title for choice in page.consents],
-            },
-        )
-        context.update(shown or {})
+        context.update(_shown(form, _summary) or {})
     return render_template("backoffice/settings/preview.html", **context)
+
+
+def _summary(contact, described) -> dict:
+    # What the preview page says of the contact's page, in the staff member's language.
+    page = page_for(contact)
+    return {
+        "page": page,
+        "described": described,
+        "frame_query": request.query_string.decode(),
+        "consent_titles": [choice.version.title for choice in page.consents],
+    }
 
 
 @bp.get("/settings/preview/page")
@@ -96,10 +98,10 @@ def settings_preview_page():
     return framed(_shown(form, _render_manage) if form.validate() else None, FRAME_POLICY)
 
 
-def _render_manage(contact, _page, _described) -> str:
+def _render_manage(contact, _described) -> str:
     # As on the real page: the contact's own language first. The form has already asked for
-    # the staff member's language, so the choice is made again, and the page is read again
-    # in it (a consent's wording in that language).
+    # the staff member's language, so the choice is made again before the page is read (its
+    # consents', lists' and policy's wording are in that language).
     g.contact_language = contact.language
     refresh()
     return render_template("preferences/manage.html",
