@@ -1,7 +1,11 @@
 """The database: the Flask-SQLAlchemy extension, the model base and the column types we share."""
 
+import fcntl
 import json
 import logging
+import os
+import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from datetime import UTC
@@ -142,6 +146,106 @@ def outage_tolerated(worker: str, *, once: bool = False):
         log.warning("%s: database unavailable, retrying: %s", worker, error.orig)
 
 
+class _WriterQueue:
+    """The portal's writers to one SQLite file, waiting their turn on a lock the system wakes.
+
+    SQLite lets one transaction write at a time; a writer that finds the lock taken polls it
+    (its busy handler sleeps 1, 2, 5, 10... ms between tries), so under steady writes a
+    request sleeps for many times the few milliseconds the other writer held the lock. Here
+    a writer first waits on this queue: the threads of one process on a lock, the processes
+    on `flock` of a file beside the database; both wake the next writer the moment the one
+    before commits or rolls back. SQLite's own lock still decides (the queue only orders the
+    waiting): a program outside the portal that writes, or a writer that lost its place (its
+    wait here timed out), is met by SQLite's busy timeout as before.
+    """
+
+    def __init__(self, path: str):
+        self.path = f"{path}-writers"
+        self._threads = threading.Lock()
+        self._owner: int | None = None
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    def _file(self) -> int:
+        # A descriptor inherited through fork shares its lock with the parent: each process
+        # opens its own.
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def enter(self, timeout: float) -> bool:
+        """Wait for this writer's turn; return whether it holds the queue (then leave() it)."""
+        me = threading.get_ident()
+        if self._owner == me:
+            # A second write transaction of the same thread: left to SQLite's busy timeout.
+            return False
+        if not self._threads.acquire(timeout=timeout):
+            return False
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except OSError:
+            self._threads.release()
+            return False
+        self._owner = me
+        return True
+
+    def leave(self) -> None:
+        self._owner = None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_queues: dict[str, _WriterQueue] = {}
+
+
+class QueuedConnection(sqlite3.Connection):
+    """A SQLite connection whose write transactions wait on the database's writer queue."""
+
+    queue: _WriterQueue
+    busy_seconds = 10.0
+    _queued = False
+
+    def begin_writing(self) -> None:
+        self._queued = self.queue.enter(self.busy_seconds)
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._leave()
+            raise
+
+    def _leave(self) -> None:
+        if self._queued:
+            self._queued = False
+            self.queue.leave()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._leave()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._leave()
+
+
+def _queued_factory(database: str) -> type[QueuedConnection]:
+    path = os.path.abspath(database)
+    queue = _queues.setdefault(path, _WriterQueue(path))
+    return type("QueuedConnectionTo", (QueuedConnection,), {"queue": queue})
+
+
 def _configure_sqlite(engine: sa.Engine) -> None:
     """Make SQLite safe for several processes: WAL, a busy timeout and BEGIN IMMEDIATE."""
 
@@ -171,7 +275,11 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         ):
             connection.connection.dbapi_connection.execute("BEGIN")
         else:
-            connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
+            dbapi_connection = connection.connection.dbapi_connection
+            if isinstance(dbapi_connection, QueuedConnection):
+                dbapi_connection.begin_writing()
+            else:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def _ping_when_idle(engine: sa.Engine, idle_seconds: float) -> None:
@@ -213,7 +321,7 @@ class NulCharacter(ValueError):
     """
 
 
-def _holds_nul(parameters) -> bool:
+def holds_nul(parameters) -> bool:
     """Say whether any text among a statement's parameters holds a NUL character.
 
     They come as a dict or a tuple, or for executemany a list of them (SQLAlchemy flattens
@@ -224,7 +332,7 @@ def _holds_nul(parameters) -> bool:
         if isinstance(value, str):
             if "\x00" in value:
                 return True
-        elif isinstance(value, dict | list | tuple) and _holds_nul(value):
+        elif isinstance(value, dict | list | tuple) and holds_nul(value):
             return True
     return False
 
@@ -232,7 +340,7 @@ def _holds_nul(parameters) -> bool:
 def _refuse_nul_characters(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "before_cursor_execute")
     def check(_connection, _cursor, _statement, parameters, _context, _executemany):
-        if parameters and _holds_nul(parameters):
+        if parameters and holds_nul(parameters):
             raise NulCharacter("a NUL character in text")
 
 
@@ -248,8 +356,13 @@ def init_app(app) -> None:
     # A database error's text and the log never carry a statement's values: they may be a
     # contact's address or name, which would then outlive an erasure in the logs. Added to
     # the engine options a deployment sets, never replaced by them.
-    options = app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {**options, "hide_parameters": True}
+    options = {**(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}), "hide_parameters": True}
+    url = sa.engine.make_url(app.config.get("SQLALCHEMY_DATABASE_URI") or "sqlite://")
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        options["connect_args"] = {
+            "factory": _queued_factory(url.database), **options.get("connect_args", {})
+        }
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     directory = Path(app.root_path).parent / "migrations"
     migrate.init_app(

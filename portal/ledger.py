@@ -152,10 +152,10 @@ def _hashed_content(fields: dict) -> bytes:
 # The statements of an append, built once: constructing a statement costs more than running
 # it, and Core skips the unit of work, which would otherwise be most of an append's cost.
 _HEAD = LedgerHead.__table__
-_READ_HEAD = (
+READ_HEAD = (
     sa.select(_HEAD.c.last_event_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1).with_for_update()
 )
-_MOVE_HEAD = (
+MOVE_HEAD = (
     sa.update(_HEAD)
     .where(_HEAD.c.id == 1)
     .values(last_event_id=sa.bindparam("event_id"), last_hash=sa.bindparam("event_hash"))
@@ -180,7 +180,8 @@ def _lock_head() -> LedgerHead:
     return head
 
 
-def append(
+def next_event(
+    head,
     *,
     contact_ref: str,
     subject_type: str,
@@ -199,21 +200,12 @@ def append(
     legal_basis: str | None = None,
     purpose: str | None = None,
     rule_version: int | None = None,
-) -> LedgerEvent:
-    """Append one event to the chain in the current transaction and return it.
-
-    The event is written at once (it is not added to the session): the returned object is a
-    read-only copy of the row.
-    """
+) -> dict:
+    """Return the row of the event that follows `head` (the locked head row: its last event's
+    id and hash), chained to it and keyed with the active ledger key; nothing is written."""
     if subject_type not in SUBJECT_TYPES:
         raise ValueError(f"unknown ledger subject type {subject_type!r}")
     keys = keyset("ledger")
-    # The head row stays locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's
-    # BEGIN IMMEDIATE holds the write lock already): ids stay gap-free and the chain unforked.
-    head = db.session.execute(_READ_HEAD).first()
-    if head is None:
-        # The migration creates it; a missing head means the database was tampered with.
-        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
     row = {
         "id": head.last_event_id + 1,
         "occurred_at": utcnow(),
@@ -238,17 +230,39 @@ def append(
         "prev_hash": head.last_hash,
     }
     row["hash"] = keyed_digest("ledger", keys.active_id, _hashed_content(row))
+    return row
+
+
+def evidence_row(event_id: int, evidence: Evidence | None) -> dict | None:
+    """Return the personal evidence row of an event, or None when there is none to keep."""
+    if evidence is None or not (evidence.ip_address or evidence.user_agent):
+        return None
+    return {
+        "event_id": event_id,
+        "ip_address": evidence.ip_address,
+        "user_agent": (evidence.user_agent or "")[:500] or None,
+    }
+
+
+def append(**fields) -> LedgerEvent:
+    """Append one event (the fields of next_event) to the chain in the current transaction and
+    return it.
+
+    The event is written at once (it is not added to the session): the returned object is a
+    read-only copy of the row.
+    """
+    # The head row stays locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's
+    # BEGIN IMMEDIATE holds the write lock already): ids stay gap-free and the chain unforked.
+    head = db.session.execute(READ_HEAD).first()
+    if head is None:
+        # The migration creates it; a missing head means the database was tampered with.
+        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
+    row = next_event(head, **fields)
     db.session.execute(_INSERT_EVENT, row)
-    if evidence and (evidence.ip_address or evidence.user_agent):
-        db.session.execute(
-            _INSERT_EVIDENCE,
-            {
-                "event_id": row["id"],
-                "ip_address": evidence.ip_address,
-                "user_agent": (evidence.user_agent or "")[:500] or None,
-            },
-        )
-    db.session.execute(_MOVE_HEAD, {"event_id": row["id"], "event_hash": row["hash"]})
+    kept = evidence_row(row["id"], fields.get("evidence"))
+    if kept is not None:
+        db.session.execute(_INSERT_EVIDENCE, kept)
+    db.session.execute(MOVE_HEAD, {"event_id": row["id"], "event_hash": row["hash"]})
     # A copy of the head loaded earlier in this session (by a checkpoint, say) is now stale.
     loaded = db.session.identity_map.get(_HEAD_IDENTITY)
     if loaded is not None:

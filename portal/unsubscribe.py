@@ -98,8 +98,9 @@ def _named(public_id: str, list_id: int) -> tuple[Contact, lists.MailingList]:
     return contact, mailing_list
 
 
-def read_token(token: str) -> tuple[Contact, lists.MailingList]:
-    """Return the contact and list a token names, or raise TokenInvalid."""
+def token_ids(token: str) -> tuple[str, int]:
+    """Return the contact's public id and the list id a token names (not looked up), or
+    raise TokenInvalid."""
     key_id, _, signed = (token or "").partition(".")
     try:
         payload = _serializer(keyset("unsubscribe").key(key_id)).loads(signed)
@@ -108,7 +109,12 @@ def read_token(token: str) -> tuple[Contact, lists.MailingList]:
     ids = _ids(payload, 2)
     if ids is None:
         raise TokenInvalid("the unsubscribe link is not valid")
-    return _named(*ids)
+    return ids
+
+
+def read_token(token: str) -> tuple[Contact, lists.MailingList]:
+    """Return the contact and list a token names, or raise TokenInvalid."""
+    return _named(*token_ids(token))
 
 
 def make_page_token(contact: Contact, mailing_list: lists.MailingList) -> str:

@@ -9,6 +9,7 @@ old body link) lands on a page with one button that leaves that list, and shows 
 of the contact (M7: the token can do nothing but unsubscribe).
 """
 
+from flask import current_app
 from flask import g
 from flask import redirect
 from flask import render_template
@@ -18,6 +19,7 @@ from flask_babel import get_locale
 from portal import csrf
 from portal import lists
 from portal import unsubscribe
+from portal import unsubscribe_lane
 from portal.db import db
 from portal.links import TokenInvalid
 from portal.links import make_token
@@ -63,6 +65,15 @@ def unsubscribe_page(token: str):
 @csrf.exempt  # RFC 8058: the mail client's POST carries no token; this link can only unsubscribe
 def one_click(token: str):
     """Leave the link's list at once and say so, with no redirect and no cookie."""
+    try:
+        public_id, list_id = unsubscribe.token_ids(token)
+    except TokenInvalid as error:
+        raise refused("unsubscribe", token, str(error)) from None
+    left = unsubscribe_lane.leave(public_id, list_id, _evidence())
+    if left is not None:
+        g.contact_language = left.language
+        return _unsubscribed_page(left.mailing_list.wording(str(get_locale()))[0])
+    # Anything but the common case (see unsubscribe_lane): the full path, in the session.
     contact, mailing_list = _named_by(token)
     unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence())
     # Read before the commit expires it: reading it after would open a second transaction
@@ -70,4 +81,21 @@ def one_click(token: str):
     list_name = mailing_list.wording(str(get_locale()))[0]
     # Committed before answering: a mail client takes the 200 as "done".
     db.session.commit()
-    return render_template("preferences/unsubscribed.html", list_name=list_name)
+    return _unsubscribed_page(list_name)
+
+
+#: How many answers (one per language and list name) each app keeps rendered.
+PAGES_KEPT = 256
+
+
+def _unsubscribed_page(list_name: str) -> str:
+    """Return the answer to a one-click POST: the same page for every POST that left a list of
+    this name in this language, so it is rendered once (a campaign's POSTs come in bursts)."""
+    pages = current_app.extensions.setdefault("unsubscribed_pages", {})
+    key = (str(get_locale()), list_name)
+    page = pages.get(key)
+    if page is None:
+        if len(pages) >= PAGES_KEPT:
+            pages.clear()
+        page = pages[key] = render_template("preferences/unsubscribed.html", list_name=list_name)
+    return page
