@@ -43,24 +43,32 @@ BASE = "http://127.0.0.1:5000"
 
 
 class LockClock:
-    """Time each committed transaction, from its BEGIN (IMMEDIATE for a write) to the end of
-    its COMMIT."""
+    """Time each committed write transaction, from the moment it holds the write lock (its
+    BEGIN IMMEDIATE has returned) to the end of its COMMIT.
 
-    def __init__(self, engine: sa.Engine, session_class):
+    Every write of the portal on a SQLite file begins through the connection's
+    `begin_writing` (portal.db.QueuedConnection), the session's and the one-click lane's
+    alike: the clock wraps that and the commit.
+    """
+
+    def __init__(self, connection_class):
         self.holds: list[float] = []
-        self._started: float | None = None
-        # Registered after the portal's own "begin" listener, which issues BEGIN IMMEDIATE:
-        # the clock starts once the lock is held.
-        sa.event.listen(engine, "begin", self._begin)
-        sa.event.listen(session_class, "after_commit", self._committed)
+        begin_writing, commit = connection_class.begin_writing, connection_class.commit
+        clock = self
 
-    def _begin(self, _connection):
-        self._started = time.perf_counter()
+        def timed_begin(connection):
+            begin_writing(connection)
+            connection.lock_clock_started = time.perf_counter()
 
-    def _committed(self, _session):
-        if self._started is not None:
-            self.holds.append(time.perf_counter() - self._started)
-            self._started = None
+        def timed_commit(connection):
+            commit(connection)
+            started = getattr(connection, "lock_clock_started", None)
+            if started is not None:
+                clock.holds.append(time.perf_counter() - started)
+                connection.lock_clock_started = None
+
+        connection_class.begin_writing = timed_begin
+        connection_class.commit = timed_commit
 
 
 def _form_fields(html: str) -> list[tuple[str, str]]:
@@ -99,12 +107,13 @@ def main() -> int:
         from portal import lists
         from portal import unsubscribe
         from portal.contacts import Contact
+        from portal.db import QueuedConnection
         from portal.db import db
 
         app = create_app(instance_path=str(work / "data" / "instance"))
         client = app.test_client()
         with app.app_context():
-            clock = LockClock(db.engine, sa.orm.Session)
+            clock = LockClock(QueuedConnection)
             rows = db.session.execute(
                 sa.select(Contact, lists.MailingList)
                 .join(lists.Subscription, lists.Subscription.contact_id == Contact.id)
