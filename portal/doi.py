@@ -151,6 +151,13 @@ def expire_open(contact: Contact) -> None:
     )
 
 
+@optin.on_opt_out
+def _expire_on_opt_out(contact: Contact) -> None:
+    # Its "no" outranks an earlier request's "yes" (R5): the old link cannot be confirmed. A
+    # request made after the opt-out (the web form's, M5) stays open until the next one.
+    expire_open(contact)
+
+
 def latest_request(contact: Contact) -> DoiRequest | None:
     """Return the contact's most recently mailed double opt-in request, if any."""
     return db.session.scalar(

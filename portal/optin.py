@@ -237,6 +237,19 @@ def allowed(contact: Contact, event: Event | str) -> bool:
     return True
 
 
+#: The events by which the contact says no to our email, themselves or through staff.
+OPT_OUT_EVENTS = (Event.CONTACT_OPT_OUT, Event.STAFF_OPT_OUT)
+#: Called with the contact on each of those events, in the same transaction: the double opt-in
+#: module cancels the requests still open, so an old confirmation link cannot undo the "no".
+OPT_OUT_HOOKS: list = []
+
+
+def on_opt_out(hook):
+    """Register a function to run when the contact opts out (see OPT_OUT_HOOKS)."""
+    OPT_OUT_HOOKS.append(hook)
+    return hook
+
+
 def transition(
     contact: Contact,
     event: Event | str,
@@ -265,6 +278,11 @@ def transition(
         )
     state = _state(contact)
     after = target(contact, event, state=state)
+    if event in OPT_OUT_EVENTS:
+        # A "no" outranks every "yes" still waiting for its confirmation (R5), even when the
+        # status already said no: a sign-up made since the last opt-out waits too.
+        for hook in OPT_OUT_HOOKS:
+            hook(contact)
     if after is None:
         return OptIn(contact.opt_in_status)
     if _locked(contact, after, actor):

@@ -314,6 +314,58 @@ def test_a_web_form_sign_up_of_an_opted_out_address_changes_nothing_until_confir
     assert contact.opt_in_status == OptIn.DOUBLE
 
 
+@pytest.mark.parametrize(
+    "opt_out",
+    [(Event.CONTACT_OPT_OUT, "contact", None), (Event.STAFF_OPT_OUT, "staff", "asked by phone")],
+    ids=["by-the-contact", "by-staff"],
+)
+def test_an_opt_out_expires_the_request_mailed_before_it(app, client, smtp, opt_out):
+    """R5: a later "no" outranks the "yes" an old confirmation link would give."""
+    event, actor, reason = opt_out
+    contact = add("changed-mind@example.test", OptIn.SINGLE_WEBFORM)
+    assert doi.send_request(contact, source="staff", actor="t").sent
+    db.session.commit()
+    path = link_of(received(smtp, contact)[0])
+    form = read_form(client.get(path).text)[1]
+    optin.transition(contact, event, actor=actor, method="test", reason=reason)
+    db.session.commit()
+    for method in ("GET", "POST"):
+        answer = client.open(path, method=method, data=form)
+        assert answer.status_code == 410
+        assert EXPIRED_LINK in answer.text
+    assert footprint(contact)[:2] == (event_status(event), ["expired"])
+
+
+def event_status(event: Event) -> str:
+    return OptIn.OPTOUT_CONTACT if event is Event.CONTACT_OPT_OUT else OptIn.OPTOUT_USER
+
+
+def test_a_sign_up_after_an_opt_out_is_confirmed_until_the_next_opt_out(
+    app, client, clock, smtp
+):
+    """M5: the web form's request for an opted-out address stays open; another "no" ends it."""
+    contact = add("twice@example.test", OptIn.OPTOUT_CONTACT)
+
+    def sign_up_again() -> tuple[str, dict]:
+        optin.transition(contact, Event.WEBFORM_TICKED, actor="contact", method="webform")
+        assert doi.send_request(contact, source="webform", actor="contact").sent
+        db.session.commit()
+        path = link_of(received(smtp, contact)[-1])
+        return path, read_form(client.get(path).text)[1]
+
+    path, form = sign_up_again()
+    assert client.post(path, data=form).status_code == 200
+    assert contact.opt_in_status == OptIn.DOUBLE
+    optin.transition(contact, Event.CONTACT_OPT_OUT, actor="contact", method="page")
+    db.session.commit()
+    clock.advance(days=2)  # past the 24-hour limit
+    path, form = sign_up_again()
+    optin.transition(contact, Event.CONTACT_OPT_OUT, actor="contact", method="page")
+    db.session.commit()
+    assert client.post(path, data=form).status_code == 410
+    assert contact.opt_in_status == OptIn.OPTOUT_CONTACT
+
+
 def test_a_suppressed_address_is_sent_nothing(app, smtp):
     contact = add("gone@example.test")
     suppression.suppress(contact.email, "test")
