@@ -157,6 +157,12 @@ class _WriterQueue:
     before commits or rolls back. SQLite's own lock still decides (the queue only orders the
     waiting): a program outside the portal that writes, or a writer that lost its place (its
     wait here timed out), is met by SQLite's busy timeout as before.
+
+    A wait on another thread is bounded by the busy timeout; a wait on another process is
+    not (`flock` has no timeout, and polling it would bring the sleeps back): the process
+    ahead is inside a transaction of its own, which ends, and a process that dies leaves the
+    queue with its descriptor. A request stuck behind it is ended by the server's worker
+    timeout, as one stuck in SQLite's busy handler would have failed after its timeout.
     """
 
     def __init__(self, path: str):

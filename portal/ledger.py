@@ -249,7 +249,9 @@ def append(**fields) -> LedgerEvent:
     return it.
 
     The event is written at once (it is not added to the session): the returned object is a
-    read-only copy of the row.
+    read-only copy of the row. The head stays locked until the transaction ends: a writer
+    locks the rows it changes (a subscription, say) before appending, never after, so that
+    two writers cannot each hold what the other waits for.
     """
     # The head row stays locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's
     # BEGIN IMMEDIATE holds the write lock already): ids stay gap-free and the chain unforked.

@@ -61,6 +61,16 @@ class Subscription(db.Model):
     mailing_list: Mapped[MailingList] = relationship()
 
 
+#: A contact's subscription to a list, read under a row lock (FOR UPDATE on PostgreSQL).
+LOCKED_SUBSCRIPTION = (
+    sa.select(Subscription)
+    .where(
+        Subscription.contact_id == sa.bindparam("contact_id"),
+        Subscription.list_id == sa.bindparam("list_id"),
+    )
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 #: A change of an existing subscription, built once: a Core UPDATE costs a fraction of a flush.
 _SUBSCRIPTIONS = Subscription.__table__
 _MOVE_SUBSCRIPTION = (
@@ -120,7 +130,10 @@ def set_subscription(
     if subscribed and actor != "contact":
         # As for consents: a stopped record takes no new subscription but the contact's own.
         contacts.refuse_if_locked(contact)
-    current = db.session.get(Subscription, (contact.id, mailing_list.id))
+    # Locked before the ledger's head (FOR UPDATE on PostgreSQL), the order of every writer.
+    current = db.session.scalar(
+        LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
+    )
     if current is not None and current.status == status:
         return current
     if current is None and not subscribed:

@@ -47,18 +47,6 @@ _NAMED_BY_TOKEN = (
     .join(lists.MailingList, lists.MailingList.id == sa.bindparam("list_id"))
     .where(Contact.public_id == sa.bindparam("public_id"))
 )
-#: The subscription a POST changes, read under a row lock (FOR UPDATE on PostgreSQL).
-_LOCKED_SUBSCRIPTION = (
-    sa.select(lists.Subscription)
-    .where(
-        lists.Subscription.contact_id == sa.bindparam("contact_id"),
-        lists.Subscription.list_id == sa.bindparam("list_id"),
-    )
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
-
-
 @lru_cache(maxsize=16)
 def _serializer(key: bytes) -> URLSafeSerializer:
     return URLSafeSerializer(key, salt=SALT)
@@ -191,7 +179,7 @@ def unsubscribe(
     """
     # Two simultaneous POSTs (a mail client retrying) must give one event: lock the row.
     current = db.session.scalar(
-        _LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
+        lists.LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
     )
     if current is None or current.status != "subscribed":
         return False

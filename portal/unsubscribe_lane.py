@@ -8,13 +8,14 @@ what the change itself needs, and on SQLite it holds the database's write lock t
 This lane makes the same change when the case is the common one: the contact is on file, not
 erased, and subscribed to the list, with no pending change and no web-form sign-up waiting
 (leaving would have to cancel those: the full path does). It reads with no lock held, then
-takes the write lock for four statements and the commit:
+takes the write lock (SQLite's BEGIN IMMEDIATE) for these statements and the commit:
 
-1. the ledger's head row, locked (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE);
-2. the event, built by `ledger.next_event` as every event is, so the chain is the same;
-3. the subscription moved to "unsubscribed", only if it still is subscribed and nothing is
-   still waiting for the contact: the read without the lock is re-checked here;
-4. the evidence (address and browser), then the head moved to the new event.
+1. the subscription, locked (FOR UPDATE on PostgreSQL) if it still is subscribed and nothing
+   is waiting for the contact: the read without the lock is checked again under it;
+2. the ledger's head row, locked, after the subscription as every writer takes them;
+3. the event, built by `ledger.next_event` as every event is, so the chain is the same;
+4. the subscription moved to "unsubscribed", the evidence (address and browser), and the head
+   moved to the new event.
 
 Whenever a step finds the case is not the common one, the lane rolls back, has changed
 nothing, and returns None: the caller then takes the full path, which gives the right answer
@@ -62,13 +63,23 @@ _NOTHING_WAITING = ~sa.exists().where(
     SignupRequest.contact_id == sa.bindparam("contact"),
     SignupRequest.status == "pending",
 )
-_LEAVE = (
-    sa.update(_SUBSCRIPTIONS)
+#: The subscription, locked (FOR UPDATE on PostgreSQL), if it is still the common case: taken
+#: before the ledger's head, in the order every writer takes them (see ledger.append).
+_STILL_SUBSCRIBED = (
+    sa.select(_SUBSCRIPTIONS.c.list_id)
     .where(
         _SUBSCRIPTIONS.c.contact_id == sa.bindparam("contact"),
         _SUBSCRIPTIONS.c.list_id == sa.bindparam("list"),
         _SUBSCRIPTIONS.c.status == "subscribed",
         _NOTHING_WAITING,
+    )
+    .with_for_update()
+)
+_LEAVE = (
+    sa.update(_SUBSCRIPTIONS)
+    .where(
+        _SUBSCRIPTIONS.c.contact_id == sa.bindparam("contact"),
+        _SUBSCRIPTIONS.c.list_id == sa.bindparam("list"),
     )
     .values(
         status="unsubscribed",
@@ -108,6 +119,7 @@ class _Compiled:
 @dataclass(frozen=True)
 class _Statements:
     find: _Compiled
+    still_subscribed: _Compiled
     read_head: _Compiled
     insert_event: _Compiled
     insert_evidence: _Compiled
@@ -121,6 +133,7 @@ def _statements(dialect: sa.Dialect) -> _Statements:
     evidence = ledger.LedgerEvidence.__table__
     return _Statements(
         find=_Compiled(_FIND, dialect),
+        still_subscribed=_Compiled(_STILL_SUBSCRIBED, dialect),
         read_head=_Compiled(ledger.READ_HEAD, dialect),
         insert_event=_Compiled(
             sa.insert(events), dialect, [column.key for column in events.columns]
@@ -167,7 +180,10 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
         elif engine.dialect.name == "sqlite":
             cursor.execute("BEGIN IMMEDIATE")
         try:
-            head = statements.read_head.run(cursor, {}).fetchone()
+            mine = {"contact": contact_id, "list": list_id}
+            head = None
+            if statements.still_subscribed.run(cursor, mine).fetchone() is not None:
+                head = statements.read_head.run(cursor, {}).fetchone()
             if head is None:
                 driver.rollback()
                 return None
@@ -185,14 +201,7 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
                 evidence=evidence,
             )
             statements.insert_event.run(cursor, row)
-            left = statements.leave.run(
-                cursor,
-                {"contact": contact_id, "list": list_id, "event": row["id"],
-                 "at": row["occurred_at"]},
-            )
-            if left.rowcount != 1:
-                driver.rollback()
-                return None
+            statements.leave.run(cursor, {**mine, "event": row["id"], "at": row["occurred_at"]})
             kept = ledger.evidence_row(row["id"], evidence)
             if kept is not None:
                 statements.insert_evidence.run(cursor, kept)

@@ -10,6 +10,7 @@ afterwards; the ledger keeps its events, which name no one.
 
 import secrets
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -316,3 +317,61 @@ def test_two_simultaneous_posts_of_one_link_give_one_event(base_app, world):
     assert _status(base_app, contact_id, news) == "unsubscribed"
     with base_app.app_context():
         assert ledger.verify().ok
+
+
+def _waiting_for_a_lock(connection, timeout: float = 10.0) -> bool:
+    """Wait until another backend waits for a lock; say whether one did in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted").scalar_one()
+        if waiting:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("writer", ["the lane", "the session's path"])
+def test_a_writer_waiting_for_a_subscription_does_not_hold_the_ledger(base_app, world, writer):
+    """Every writer locks the subscription before the ledger's head (PostgreSQL), so a
+    one-click and a page save of the same list at the same moment cannot deadlock."""
+    with base_app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("SQLite has one write lock for the whole database")
+        engine = db.engine
+    [(contact_id, public_id)], [(news, _), _offers] = world()
+    errors, done = [], threading.Event()
+
+    def write():
+        try:
+            if writer == "the lane":
+                with base_app.test_request_context("/o/x", method="POST"):
+                    assert unsubscribe_lane.leave(public_id, news, Evidence(None, BROWSER))
+            else:
+                with base_app.app_context():
+                    lists.set_subscription(
+                        db.session.get(Contact, contact_id),
+                        db.session.get(lists.MailingList, news), False,
+                        method="page", actor="contact")
+                    db.session.commit()
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+        finally:
+            done.set()
+
+    with engine.connect() as blocker, engine.connect() as probe:
+        blocker.execute(sa.select(lists.Subscription.status).where(
+            lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
+        ).with_for_update())
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            assert _waiting_for_a_lock(probe), "the writer never waited for the subscription"
+            probe.exec_driver_sql("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE NOWAIT")
+            probe.rollback()
+        finally:
+            blocker.rollback()
+            done.wait(timeout=20)
+            thread.join(timeout=5)
+    assert not errors, errors
+    assert _status(base_app, contact_id, news) == "unsubscribed"
