@@ -165,6 +165,21 @@ _INSERT_EVENT = sa.insert(LedgerEvent.__table__)
 _INSERT_EVIDENCE = sa.insert(LedgerEvidence.__table__)
 
 
+def lock_head():
+    """Lock the head row until the transaction ends and return its last event's id and hash.
+
+    FOR UPDATE on PostgreSQL (SQLite's BEGIN IMMEDIATE holds the write lock already): ids stay
+    gap-free and the chain unforked. Every writer takes it before any other row it will change
+    and reads what it changes after it, so writers queue in one order (no deadlock) and each
+    sees what the one before it committed.
+    """
+    head = db.session.execute(READ_HEAD).first()
+    if head is None:
+        # The migration creates it; a missing head means the database was tampered with.
+        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
+    return head
+
+
 def _lock_head() -> LedgerHead:
     """Return the head row, locked until the transaction ends (FOR UPDATE on PostgreSQL)."""
     statement = (
@@ -249,17 +264,9 @@ def append(**fields) -> LedgerEvent:
     return it.
 
     The event is written at once (it is not added to the session): the returned object is a
-    read-only copy of the row. The head stays locked until the transaction ends: a writer
-    locks the rows it changes (a subscription, say) before appending, never after, so that
-    two writers cannot each hold what the other waits for.
+    read-only copy of the row. The head stays locked until the transaction ends (lock_head).
     """
-    # The head row stays locked until the transaction ends (FOR UPDATE on PostgreSQL; SQLite's
-    # BEGIN IMMEDIATE holds the write lock already): ids stay gap-free and the chain unforked.
-    head = db.session.execute(READ_HEAD).first()
-    if head is None:
-        # The migration creates it; a missing head means the database was tampered with.
-        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
-    row = next_event(head, **fields)
+    row = next_event(lock_head(), **fields)
     db.session.execute(_INSERT_EVENT, row)
     kept = evidence_row(row["id"], fields.get("evidence"))
     if kept is not None:

@@ -130,7 +130,9 @@ def set_subscription(
     if subscribed and actor != "contact":
         # As for consents: a stopped record takes no new subscription but the contact's own.
         contacts.refuse_if_locked(contact)
-    # Locked before the ledger's head (FOR UPDATE on PostgreSQL), the order of every writer.
+    # The ledger's head first, then the subscription read (and locked) under it: the order of
+    # every writer (ledger.lock_head), so a simultaneous change waits and then sees this one.
+    ledger.lock_head()
     current = db.session.scalar(
         LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
     )

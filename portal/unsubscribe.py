@@ -23,6 +23,7 @@ from itsdangerous import URLSafeSerializer
 from itsdangerous import URLSafeTimedSerializer
 
 from portal import changes
+from portal import ledger
 from portal import lists
 from portal import webforms
 from portal.choices import LIST
@@ -177,7 +178,9 @@ def unsubscribe(
     web-form sign-up awaiting its double opt-in), so an old link cannot undo this "no" (R5).
     A second call changes nothing: nor does it cancel an ask to join again made since.
     """
-    # Two simultaneous POSTs (a mail client retrying) must give one event: lock the row.
+    # Two simultaneous POSTs (a mail client retrying) must give one event: the ledger's head
+    # first (the order of every writer), then the subscription as the last writer left it.
+    ledger.lock_head()
     current = db.session.scalar(
         lists.LOCKED_SUBSCRIPTION, {"contact_id": contact.id, "list_id": mailing_list.id}
     )

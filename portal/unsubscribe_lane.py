@@ -10,9 +10,10 @@ erased, and subscribed to the list, with no pending change and no web-form sign-
 (leaving would have to cancel those: the full path does). It reads with no lock held, then
 takes the write lock (SQLite's BEGIN IMMEDIATE) for these statements and the commit:
 
-1. the subscription, locked (FOR UPDATE on PostgreSQL) if it still is subscribed and nothing
-   is waiting for the contact: the read without the lock is checked again under it;
-2. the ledger's head row, locked, after the subscription as every writer takes them;
+1. the ledger's head row, locked (FOR UPDATE on PostgreSQL), first, as every writer takes it
+   (`ledger.lock_head`);
+2. the subscription, if it still is subscribed and nothing is waiting for the contact: the
+   read without the lock, checked again under it;
 3. the event, built by `ledger.next_event` as every event is, so the chain is the same;
 4. the subscription moved to "unsubscribed", the evidence (address and browser), and the head
    moved to the new event.
@@ -63,8 +64,8 @@ _NOTHING_WAITING = ~sa.exists().where(
     SignupRequest.contact_id == sa.bindparam("contact"),
     SignupRequest.status == "pending",
 )
-#: The subscription, locked (FOR UPDATE on PostgreSQL), if it is still the common case: taken
-#: before the ledger's head, in the order every writer takes them (see ledger.append).
+#: The subscription, locked (FOR UPDATE on PostgreSQL), if it is still the common case: read
+#: after the ledger's head is locked, as every writer reads what it changes (ledger.lock_head).
 _STILL_SUBSCRIBED = (
     sa.select(_SUBSCRIPTIONS.c.list_id)
     .where(
@@ -181,10 +182,8 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
             cursor.execute("BEGIN IMMEDIATE")
         try:
             mine = {"contact": contact_id, "list": list_id}
-            head = None
-            if statements.still_subscribed.run(cursor, mine).fetchone() is not None:
-                head = statements.read_head.run(cursor, {}).fetchone()
-            if head is None:
+            head = statements.read_head.run(cursor, {}).fetchone()
+            if head is None or statements.still_subscribed.run(cursor, mine).fetchone() is None:
                 driver.rollback()
                 return None
             row = ledger.next_event(

@@ -332,9 +332,10 @@ def _waiting_for_a_lock(connection, timeout: float = 10.0) -> bool:
 
 
 @pytest.mark.parametrize("writer", ["the lane", "the session's path"])
-def test_a_writer_waiting_for_a_subscription_does_not_hold_the_ledger(base_app, world, writer):
-    """Every writer locks the subscription before the ledger's head (PostgreSQL), so a
-    one-click and a page save of the same list at the same moment cannot deadlock."""
+def test_a_writer_waiting_for_the_ledger_holds_no_subscription(base_app, world, writer):
+    """Every writer locks the ledger's head before the subscription it changes (PostgreSQL),
+    so a one-click and a page save of the same list at the same moment cannot deadlock: while
+    another transaction holds the head, the waiting writer holds nothing the other may need."""
     with base_app.app_context():
         if db.engine.dialect.name != "postgresql":
             pytest.skip("SQLite has one write lock for the whole database")
@@ -359,18 +360,18 @@ def test_a_writer_waiting_for_a_subscription_does_not_hold_the_ledger(base_app, 
         finally:
             done.set()
 
-    with engine.connect() as blocker, engine.connect() as probe:
-        blocker.execute(sa.select(lists.Subscription.status).where(
-            lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
-        ).with_for_update())
+    with engine.connect() as holder, engine.connect() as probe:
+        holder.exec_driver_sql("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE")
         thread = threading.Thread(target=write)
         thread.start()
         try:
-            assert _waiting_for_a_lock(probe), "the writer never waited for the subscription"
-            probe.exec_driver_sql("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE NOWAIT")
+            assert _waiting_for_a_lock(probe), "the writer never waited for the ledger"
+            probe.execute(sa.select(lists.Subscription.status).where(
+                lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
+            ).with_for_update(nowait=True))
             probe.rollback()
         finally:
-            blocker.rollback()
+            holder.rollback()
             done.wait(timeout=20)
             thread.join(timeout=5)
     assert not errors, errors
