@@ -180,35 +180,36 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
             driver.begin_writing()
         elif engine.dialect.name == "sqlite":
             cursor.execute("BEGIN IMMEDIATE")
-        try:
-            mine = {"contact": contact_id, "list": list_id}
-            head = statements.read_head.run(cursor, {}).fetchone()
-            if head is None or statements.still_subscribed.run(cursor, mine).fetchone() is None:
-                driver.rollback()
-                return None
-            row = ledger.next_event(
-                _Head(*head),
-                contact_ref=public_id,
-                subject_type="subscription",
-                subject_ref=slug,
-                action="unsubscribed",
-                value_from="subscribed",
-                value_to="unsubscribed",
-                method=unsubscribe.METHOD,
-                actor="contact",
-                evidence_ref=f"list:{slug}",
-                evidence=evidence,
-            )
-            statements.insert_event.run(cursor, row)
-            statements.leave.run(cursor, {**mine, "event": row["id"], "at": row["occurred_at"]})
-            kept = ledger.evidence_row(row["id"], evidence)
-            if kept is not None:
-                statements.insert_evidence.run(cursor, kept)
-            statements.move_head.run(cursor, {"event_id": row["id"], "event_hash": row["hash"]})
-            driver.commit()
-        except BaseException:
+        mine = {"contact": contact_id, "list": list_id}
+        head = statements.read_head.run(cursor, {}).fetchone()
+        if head is None or statements.still_subscribed.run(cursor, mine).fetchone() is None:
             driver.rollback()
-            raise
+            return None
+        row = ledger.next_event(
+            _Head(*head),
+            contact_ref=public_id,
+            subject_type="subscription",
+            subject_ref=slug,
+            action="unsubscribed",
+            value_from="subscribed",
+            value_to="unsubscribed",
+            method=unsubscribe.METHOD,
+            actor="contact",
+            evidence_ref=f"list:{slug}",
+            evidence=evidence,
+        )
+        statements.insert_event.run(cursor, row)
+        statements.leave.run(cursor, {**mine, "event": row["id"], "at": row["occurred_at"]})
+        kept = ledger.evidence_row(row["id"], evidence)
+        if kept is not None:
+            statements.insert_evidence.run(cursor, kept)
+        statements.move_head.run(cursor, {"event_id": row["id"], "event_hash": row["hash"]})
+        driver.commit()
+    except BaseException:
+        # Whatever failed (a lost server, a lock timeout), the connection is not reused: closing
+        # it ends its transaction, and on SQLite leaves the writers' queue.
+        connection.invalidate()
+        raise
     finally:
         connection.close()
     if isinstance(translations, str):  # SQLite's driver returns JSON as its text

@@ -376,3 +376,30 @@ def test_a_writer_waiting_for_the_ledger_holds_no_subscription(base_app, world, 
             thread.join(timeout=5)
     assert not errors, errors
     assert _status(base_app, contact_id, news) == "unsubscribed"
+
+
+def test_a_failure_inside_the_lane_changes_nothing_and_frees_the_next_post(
+    base_app, world, monkeypatch
+):
+    """The error page, nothing written, and the connection and the writers' queue left free:
+    the next POST, from another thread, goes through."""
+    [(first, first_ref), (second, _)], [(news, _), _offers] = world(2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger, "next_event", broken)
+        patched.setitem(base_app.config, "PROPAGATE_EXCEPTIONS", False)  # as in production
+        failed = _post(base_app, first, news)
+    assert failed.status_code == 500
+    assert "Something went wrong on our side" in failed.text
+    assert "disk" not in failed.text
+    assert _status(base_app, first, news) == "subscribed"
+    assert _events(base_app, first_ref) == []
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(_post(base_app, second, news)))
+    thread.start()
+    thread.join(timeout=20)
+    assert [answer.status_code for answer in answers] == [200]
+    assert _status(base_app, second, news) == "unsubscribed"
