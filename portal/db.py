@@ -180,6 +180,17 @@ class _WriterQueue:
             self._pid = os.getpid()
         return self._fd
 
+    def forget_parent(self) -> None:
+        """In a child just forked: start afresh, whatever the parent's threads held.
+
+        The inherited descriptor is closed, never unlocked: unlocking it would release the
+        parent's lock, which the descriptor shares.
+        """
+        if self._fd is not None and self._pid != os.getpid():
+            os.close(self._fd)
+        self._threads = threading.Lock()
+        self._owner = self._fd = self._pid = None
+
     def enter(self, timeout: float) -> bool:
         """Wait for this writer's turn; return whether it holds the queue (then leave() it)."""
         me = threading.get_ident()
@@ -207,15 +218,26 @@ class _WriterQueue:
 _queues: dict[str, _WriterQueue] = {}
 
 
+def _after_fork_in_child() -> None:
+    for queue in _queues.values():
+        queue.forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class QueuedConnection(sqlite3.Connection):
     """A SQLite connection whose write transactions wait on the database's writer queue."""
 
     queue: _WriterQueue
     busy_seconds = 10.0
-    _queued = False
+    #: The process in which this connection holds the queue (0: it does not). A connection
+    #: carried into a forked child must not leave the queue there on the parent's behalf.
+    _queued_in = 0
 
     def begin_writing(self) -> None:
-        self._queued = self.queue.enter(self.busy_seconds)
+        if self._queued_in != os.getpid():  # not again while this connection holds it
+            self._queued_in = os.getpid() if self.queue.enter(self.busy_seconds) else 0
         try:
             self.execute("BEGIN IMMEDIATE")
         except BaseException:
@@ -223,9 +245,10 @@ class QueuedConnection(sqlite3.Connection):
             raise
 
     def _leave(self) -> None:
-        if self._queued:
-            self._queued = False
-            self.queue.leave()
+        if self._queued_in:
+            mine, self._queued_in = self._queued_in == os.getpid(), 0
+            if mine:
+                self.queue.leave()
 
     def commit(self) -> None:
         try:
