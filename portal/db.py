@@ -146,6 +146,11 @@ def outage_tolerated(worker: str, *, once: bool = False):
         log.warning("%s: database unavailable, retrying: %s", worker, error.orig)
 
 
+#: How long a SQLite writer waits for the one before it: in the writers' queue among threads,
+#: and in SQLite's own busy handler.
+BUSY_TIMEOUT_SECONDS = 10
+
+
 class _WriterQueue:
     """The portal's writers to one SQLite file, waiting their turn on a lock the system wakes.
 
@@ -158,7 +163,8 @@ class _WriterQueue:
     waiting): a program outside the portal that writes, or a writer that lost its place (its
     wait here timed out), is met by SQLite's busy timeout as before.
 
-    A wait on another thread is bounded by the busy timeout; a wait on another process is
+    A wait on another thread is bounded (`QueuedConnection.busy_seconds`, SQLite's busy
+    timeout, after which SQLite's own wait begins); a wait on another process is
     not (`flock` has no timeout, and polling it would bring the sleeps back): the process
     ahead is inside a transaction of its own, which ends, and a process that dies leaves the
     queue with its descriptor. A request stuck behind it is ended by the server's worker
@@ -204,6 +210,9 @@ class _WriterQueue:
         except OSError:
             self._threads.release()
             return False
+        except BaseException:  # a signal's handler raising while the process waits
+            self._threads.release()
+            raise
         self._owner = me
         return True
 
@@ -230,7 +239,7 @@ class QueuedConnection(sqlite3.Connection):
     """A SQLite connection whose write transactions wait on the database's writer queue."""
 
     queue: _WriterQueue
-    busy_seconds = 10.0
+    busy_seconds = BUSY_TIMEOUT_SECONDS
     #: The process in which this connection holds the queue (0: it does not). A connection
     #: carried into a forked child must not leave the queue there on the parent's behalf.
     _queued_in = 0
@@ -268,6 +277,11 @@ class QueuedConnection(sqlite3.Connection):
         finally:
             self._leave()
 
+    def __del__(self) -> None:
+        # Dropped without a commit, rollback or close (the driver then ends the transaction
+        # itself but calls no method of ours): the queue must not stay held.
+        self._leave()
+
 
 def _queued_factory(database: str) -> type[QueuedConnection]:
     path = os.path.abspath(database)
@@ -284,7 +298,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA busy_timeout = 10000")
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
