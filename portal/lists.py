@@ -73,7 +73,7 @@ LOCKED_SUBSCRIPTION = (
 )
 #: A change of an existing subscription, built once: a Core UPDATE costs a fraction of a flush.
 _SUBSCRIPTIONS = Subscription.__table__
-_MOVE_SUBSCRIPTION = (
+MOVE_SUBSCRIPTION = (
     sa.update(_SUBSCRIPTIONS)
     .where(
         _SUBSCRIPTIONS.c.contact_id == sa.bindparam("contact"),
@@ -164,7 +164,7 @@ def set_subscription(
         db.session.flush()
         return current
     db.session.execute(
-        _MOVE_SUBSCRIPTION,
+        MOVE_SUBSCRIPTION,
         {
             "contact": contact.id,
             "list": mailing_list.id,

@@ -48,6 +48,8 @@ _NAMED_BY_TOKEN = (
     .join(lists.MailingList, lists.MailingList.id == sa.bindparam("list_id"))
     .where(Contact.public_id == sa.bindparam("public_id"))
 )
+
+
 @lru_cache(maxsize=16)
 def _serializer(key: bytes) -> URLSafeSerializer:
     return URLSafeSerializer(key, salt=SALT)

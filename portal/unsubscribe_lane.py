@@ -76,20 +76,6 @@ _STILL_SUBSCRIBED = (
     )
     .with_for_update()
 )
-_LEAVE = (
-    sa.update(_SUBSCRIPTIONS)
-    .where(
-        _SUBSCRIPTIONS.c.contact_id == sa.bindparam("contact"),
-        _SUBSCRIPTIONS.c.list_id == sa.bindparam("list"),
-    )
-    .values(
-        status="unsubscribed",
-        event_id=sa.bindparam("event"),
-        changed_at=sa.bindparam("at"),
-    )
-)
-
-
 class _Compiled:
     """A Core statement compiled for one database, run on a driver cursor."""
 
@@ -142,7 +128,7 @@ def _statements(dialect: sa.Dialect) -> _Statements:
         insert_evidence=_Compiled(
             sa.insert(evidence), dialect, ["event_id", "ip_address", "user_agent"]
         ),
-        leave=_Compiled(_LEAVE, dialect),
+        leave=_Compiled(lists.MOVE_SUBSCRIPTION, dialect),
         move_head=_Compiled(ledger.MOVE_HEAD, dialect),
     )
 
@@ -199,7 +185,8 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
             evidence=evidence,
         )
         statements.insert_event.run(cursor, row)
-        statements.leave.run(cursor, {**mine, "event": row["id"], "at": row["occurred_at"]})
+        statements.leave.run(cursor, {**mine, "new_status": "unsubscribed", "event": row["id"],
+                                      "at": row["occurred_at"]})
         kept = ledger.evidence_row(row["id"], evidence)
         if kept is not None:
             statements.insert_evidence.run(cursor, kept)
