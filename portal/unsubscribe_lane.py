@@ -76,6 +76,8 @@ _STILL_SUBSCRIBED = (
     )
     .with_for_update()
 )
+
+
 class _Compiled:
     """A Core statement compiled for one database, run on a driver cursor."""
 
