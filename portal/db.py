@@ -402,8 +402,10 @@ def init_app(app) -> None:
     options = {**(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}), "hide_parameters": True}
     url = sa.engine.make_url(app.config.get("SQLALCHEMY_DATABASE_URI") or "sqlite://")
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # A relative path is the instance folder's, as Flask-SQLAlchemy reads it.
+        database = os.path.join(app.instance_path, url.database)
         options["connect_args"] = {
-            "factory": _queued_factory(url.database), **options.get("connect_args", {})
+            "factory": _queued_factory(database), **options.get("connect_args", {})
         }
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
