@@ -320,11 +320,12 @@ def test_two_simultaneous_posts_of_one_link_give_one_event(base_app, world):
 
 
 def _waiting_for_a_lock(connection, timeout: float = 10.0) -> bool:
-    """Wait until another backend waits for a lock; say whether one did in time."""
+    """Wait until another backend of this database waits for a lock; say whether one did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         waiting = connection.exec_driver_sql(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted").scalar_one()
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND pid <> pg_backend_pid()").scalar_one()
         if waiting:
             return True
         time.sleep(0.02)
