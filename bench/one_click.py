@@ -106,7 +106,7 @@ def main() -> int:
         description="Benchmark the one-click unsubscribe POST against a Flask hello-world."
     )
     parser.add_argument("--load", nargs="+", metavar=("DATA_DIR", "POOL"), help=argparse.SUPPRESS)
-    setup.add_server_options(parser, max_post_rate=1000.0, database="bench_one_click")
+    setup.add_server_options(parser, max_post_rate=2500.0, database="bench_one_click")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.load:
