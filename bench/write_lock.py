@@ -3,14 +3,15 @@
     .venv/bin/python bench/write_lock.py [--requests N]
 
 SQLite lets one transaction write at a time. A request that changes something takes the
-write lock when its transaction begins (`BEGIN IMMEDIATE`, so that two writers queue rather
-than fail halfway) and holds it until the commit has reached the disk. However many workers
+write lock when its write transaction begins (`BEGIN IMMEDIATE`, so that two writers queue
+rather than fail halfway; the one-click lane reads before it, without the lock) and holds it
+until the commit has reached the disk. However many workers
 serve them, such requests cannot complete faster than one per lock hold, so 1 / (mean hold)
 is the ceiling of their rate on SQLite, before any other cost.
 
 This script serves requests in this process (Flask's test client, no HTTP server) on a SQLite
 database in a temporary folder, loaded as bench/preference_page.py loads it, and times every
-write transaction from its BEGIN to the end of its COMMIT:
+write transaction from its BEGIN IMMEDIATE to the end of its COMMIT:
 
 - one-click POST: `POST /o/<token>` with `List-Unsubscribe=One-Click` (issue 5);
 - submit POST: the preference form leaving one list (a ledger event, an undo record and a
