@@ -79,7 +79,7 @@ def _ids(payload, size: int) -> tuple[str, int] | None:
     return payload[0], payload[1]
 
 
-def _named(public_id: str, list_id: int) -> tuple[Contact, lists.MailingList]:
+def named(public_id: str, list_id: int) -> tuple[Contact, lists.MailingList]:
     found = db.session.execute(
         _NAMED_BY_TOKEN, {"public_id": public_id, "list_id": list_id}
     ).first()
@@ -105,7 +105,7 @@ def token_ids(token: str) -> tuple[str, int]:
 
 def read_token(token: str) -> tuple[Contact, lists.MailingList]:
     """Return the contact and list a token names, or raise TokenInvalid."""
-    return _named(*token_ids(token))
+    return named(*token_ids(token))
 
 
 def make_page_token(contact: Contact, mailing_list: lists.MailingList) -> str:
@@ -134,7 +134,7 @@ def read_landing(token: str) -> tuple[Contact, lists.MailingList, bool]:
     ids = _ids(payload, 3)
     if ids is None:
         raise TokenInvalid("the unsubscribe link is not valid")
-    contact, mailing_list = _named(*ids)
+    contact, mailing_list = named(*ids)
     age = time.time() - signed_at.timestamp()
     fresh = -CLOCK_SKEW_SECONDS <= age <= current_app.config["PORTAL_LINK_MAX_AGE"]["manage"]
     return contact, mailing_list, fresh and payload[2] == contact.link_version

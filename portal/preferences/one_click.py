@@ -28,16 +28,6 @@ from portal.preferences import bp
 from portal.preferences import refused
 
 
-def _named_by(token: str):
-    """Return the contact and list a one-click token names, or raise BadLink (a 404)."""
-    try:
-        contact, mailing_list = unsubscribe.read_token(token)
-    except TokenInvalid as error:
-        raise refused("unsubscribe", token, str(error)) from None
-    g.contact_language = contact.language
-    return contact, mailing_list
-
-
 @bp.get("/o/<token>")
 def unsubscribe_page(token: str):
     """Land on the preference page with the link's list highlighted, or on its one button."""
@@ -69,13 +59,18 @@ def one_click(token: str):
         public_id, list_id = unsubscribe.token_ids(token)
     except TokenInvalid as error:
         raise refused("unsubscribe", token, str(error)) from None
-    left = unsubscribe_lane.leave(public_id, list_id, _evidence())
+    evidence = _evidence()
+    left = unsubscribe_lane.leave(public_id, list_id, evidence)
     if left is not None:
         g.contact_language = left.language
         return _unsubscribed_page(left.mailing_list.wording(str(get_locale()))[0])
     # Anything but the common case (see unsubscribe_lane): the full path, in the session.
-    contact, mailing_list = _named_by(token)
-    unsubscribe.unsubscribe(contact, mailing_list, evidence=_evidence())
+    try:
+        contact, mailing_list = unsubscribe.named(public_id, list_id)
+    except TokenInvalid as error:
+        raise refused("unsubscribe", token, str(error)) from None
+    g.contact_language = contact.language
+    unsubscribe.unsubscribe(contact, mailing_list, evidence=evidence)
     # Read before the commit expires it: reading it after would open a second transaction
     # (on SQLite one that takes the write lock again) just to show the list's name.
     list_name = mailing_list.wording(str(get_locale()))[0]
