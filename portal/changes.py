@@ -355,7 +355,13 @@ def summary(page: Page) -> list[str]:
 
 def _claim(model, public_id: str, contact: Contact, open_status: str, new_status: str,
            stamp_column: str) -> bool:
-    """Move one row from its open status, atomically; True only for the request that did."""
+    """Move one row from its open status, atomically; True only for the request that did.
+
+    The ledger's head is locked first, as by every writer (ledger.lock_head): the row claimed
+    here is one that a writer holding the head may change too (a withdrawal cancels pending
+    grants, a confirmation supersedes older changes).
+    """
+    ledger.lock_head()
     result = db.session.execute(
         sa.update(model)
         .where(model.public_id == public_id, model.contact_id == contact.id,

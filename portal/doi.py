@@ -278,6 +278,9 @@ def confirm(
     if request is None:
         return "unknown", None
     now = utcnow()
+    # The ledger's head first, as every writer takes it (ledger.lock_head): an opt-out holding
+    # it expires this contact's open requests, the very rows claimed here.
+    ledger.lock_head()
     claimed = (
         db.session.execute(
             sa.update(DoiRequest)

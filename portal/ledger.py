@@ -172,8 +172,14 @@ def lock_head():
     gap-free and the chain unforked. Every writer takes it before any other row it will change
     and reads what it changes after it, so writers queue in one order (no deadlock) and each
     sees what the one before it committed.
+
+    Changes the caller made to loaded objects (a contact's opt-in status, say) are not flushed
+    by this statement but by the next one, after the head is locked: flushed first, they would
+    lock their rows before the head, and a writer holding the head and wanting those rows
+    would deadlock with this one.
     """
-    head = db.session.execute(READ_HEAD).first()
+    with db.session.no_autoflush:
+        head = db.session.execute(READ_HEAD).first()
     if head is None:
         # The migration creates it; a missing head means the database was tampered with.
         raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
@@ -188,7 +194,8 @@ def _lock_head() -> LedgerHead:
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    head = db.session.execute(statement).scalar_one_or_none()
+    with db.session.no_autoflush:  # the head first, as in lock_head
+        head = db.session.execute(statement).scalar_one_or_none()
     if head is None:
         # The migration creates it; a missing head means the database was tampered with.
         raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")

@@ -10,12 +10,12 @@ afterwards; the ledger keeps its events, which name no one.
 
 import secrets
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
 from flask import request_finished
 from flask.testing import FlaskClient
+from pg_locks import waiting_for_a_lock
 
 from portal import contacts
 from portal import ledger
@@ -319,21 +319,6 @@ def test_two_simultaneous_posts_of_one_link_give_one_event(base_app, world):
         assert ledger.verify().ok
 
 
-def _waiting_for_a_lock(connection, timeout: float = 10.0) -> bool:
-    """Wait until another backend of this database waits for a lock; say whether one did."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = connection.exec_driver_sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database() AND pid <> pg_backend_pid()").scalar_one()
-        # PostgreSQL keeps one snapshot of the activity view per transaction: end it.
-        connection.rollback()
-        if waiting:
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("writer", ["the lane", "the session's path"])
 def test_a_writer_waiting_for_the_ledger_holds_no_subscription(base_app, world, writer):
     """Every writer locks the ledger's head before the subscription it changes (PostgreSQL),
@@ -368,7 +353,7 @@ def test_a_writer_waiting_for_the_ledger_holds_no_subscription(base_app, world, 
         thread = threading.Thread(target=write)
         thread.start()
         try:
-            assert _waiting_for_a_lock(probe), "the writer never waited for the ledger"
+            assert waiting_for_a_lock(probe), "the writer never waited for the ledger"
             probe.execute(sa.select(lists.Subscription.status).where(
                 lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
             ).with_for_update(nowait=True))
