@@ -330,7 +330,7 @@ def _state_query(with_values: bool) -> sa.CompoundSelect:
 
 
 #: Built once per process: constructing the statement costs more than running it.
-_STATE_QUERIES = {False: _state_query(False), True: _state_query(True)}
+STATE_QUERIES = {False: _state_query(False), True: _state_query(True)}
 
 
 def page_for(contact: Contact) -> Page:
@@ -341,32 +341,41 @@ def page_for(contact: Contact) -> Page:
     not yet saved.
     """
     known = catalogue()
-    states, subscribed, values, waiting = {}, set(), {}, {}
     if contact.id is None:
         # A contact that exists only in memory (the staff preview of typed-in values): no
         # decisions or subscriptions yet, and its values are the ones it holds.
-        values = {row.field_id: row.value for row in contact.values}
-    else:
-        field_ids = known.custom_field_ids
-        # A request older than its confirmation link can no longer be confirmed.
-        alive = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"])
-        params = {"contact_id": contact.id, "waiting_since": utcnow() - alive}
-        if field_ids:
-            params["field_ids"] = sorted(field_ids)
-        for kind, ref, text, number, at, method in db.session.execute(
-            _STATE_QUERIES[bool(field_ids)], params
-        ):
-            if kind == "consent":
-                states[ref] = StateInfo(text, number, at, method)
-            elif kind == "list":
-                subscribed.add(ref)
-            elif kind == "waiting":
-                for item in json.loads(text):
-                    key = (item["kind"], item["ref"])
-                    if item["value"] and (key not in waiting or at > waiting[key]):
-                        waiting[key] = at
-            else:
-                values[ref] = text
+        return page_from(contact, known, (), {row.field_id: row.value for row in contact.values})
+    with_values, params = state_query(contact.id, known)
+    return page_from(contact, known, db.session.execute(STATE_QUERIES[with_values], params))
+
+
+def state_query(contact_id: int, known: Catalogue) -> tuple[bool, dict]:
+    """Return which of the two state queries a contact's page needs (True: the one that also
+    reads custom field values) and its parameters."""
+    field_ids = known.custom_field_ids
+    # A request older than its confirmation link can no longer be confirmed.
+    alive = timedelta(seconds=current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"])
+    params = {"contact_id": contact_id, "waiting_since": utcnow() - alive}
+    if field_ids:
+        params["field_ids"] = sorted(field_ids)
+    return bool(field_ids), params
+
+
+def page_from(contact: Contact, known: Catalogue, rows, values: dict | None = None) -> Page:
+    """Return the contact's page from the catalogue and the rows of its state query."""
+    states, subscribed, values, waiting = {}, set(), dict(values or {}), {}
+    for kind, ref, text, number, at, method in rows:
+        if kind == "consent":
+            states[ref] = StateInfo(text, number, at, method)
+        elif kind == "list":
+            subscribed.add(ref)
+        elif kind == "waiting":
+            for item in json.loads(text):
+                key = (item["kind"], item["ref"])
+                if item["value"] and (key not in waiting or at > waiting[key]):
+                    waiting[key] = at
+        else:
+            values[ref] = text
     settings_now = known.settings
     full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
                                                                       values)

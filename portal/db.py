@@ -380,6 +380,67 @@ def holds_nul(parameters) -> bool:
     return False
 
 
+class DriverStatement:
+    """A Core statement compiled once for one database, run on a driver's cursor.
+
+    For the few requests whose SQLAlchemy execution would cost more than the statement (the
+    one-click lane, a contact page's GET): the parameters are converted by their column types
+    and, for a SELECT, the values read back by theirs, as SQLAlchemy would; only its
+    per-execution bookkeeping is skipped. The caller refuses text holding NUL itself.
+    """
+
+    def __init__(self, statement, dialect: sa.Dialect, column_keys=None):
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        self.compiled = compiled
+        self.sql = compiled.string
+        # A list bound to IN (bindparam(..., expanding=True)): one placeholder per item, the
+        # statement's text made once per length of the lists.
+        self.expanding = tuple(name for name, bind in compiled.binds.items() if bind.expanding)
+        self._expanded: dict[tuple, tuple] = {}
+        self.positions = compiled.positiontup  # None where the driver takes names
+        # The values written into the statement (a literal 1, "pending"), bound as well.
+        self.fixed = {
+            name: bind.value for name, bind in compiled.binds.items() if not bind.required
+        }
+        # Each type as this database has it (SQLite's DATETIME writes and reads its own text).
+        self.processors = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        selected = statement.selected_columns if isinstance(statement, sa.Selectable) else ()
+        self.readers = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                        for column in selected]
+
+    def run(self, cursor, values: dict):
+        values = {
+            name: self._process(name, value) if name in self.processors else value
+            for name, value in (self.fixed | values).items()
+        }
+        sql, positions = self.sql, self.positions
+        if self.expanding:
+            lengths = tuple(len(values[name]) for name in self.expanding)
+            if lengths not in self._expanded:
+                state = self.compiled.construct_expanded_state(values)
+                self._expanded[lengths] = (state.statement, state.positiontup)
+            sql, positions = self._expanded[lengths]
+            for name in self.expanding:
+                values.update((f"{name}_{number}", item)
+                              for number, item in enumerate(values.pop(name), start=1))
+        if positions is not None:
+            return cursor.execute(sql, tuple(values[name] for name in positions))
+        return cursor.execute(sql, values)
+
+    def _process(self, name: str, value):
+        processor = self.processors[name]
+        return [processor(item) for item in value] if name in self.expanding else processor(value)
+
+    def read(self, row: tuple) -> tuple:
+        """Return a row of this SELECT's result with each value converted by its type."""
+        return tuple(value if reader is None or value is None else reader(value)
+                     for reader, value in zip(self.readers, row, strict=True))
+
+
 def _refuse_nul_characters(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "before_cursor_execute")
     def check(_connection, _cursor, _statement, parameters, _context, _executemany):

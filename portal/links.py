@@ -79,18 +79,30 @@ def read_signed(purpose: str, token: str) -> tuple[dict, float]:
 def contact_of(payload: dict) -> Contact | None:
     """Return the contact a signed payload names, unless erased or its links were revoked."""
     contact = db.session.scalar(_CONTACT_BY_PUBLIC_ID, {"public_id": payload["c"]})
-    if contact is None or contact.erased_at is not None or payload.get("v") != contact.link_version:
-        return None
-    return contact
+    return contact if contact is not None and still_valid(contact, payload) else None
 
 
-def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
-    """Return the contact a token names and its payload, or raise TokenInvalid/TokenExpired."""
+def still_valid(contact: Contact, payload: dict) -> bool:
+    """Say whether a signed payload still opens its contact's pages: not erased since, and
+    no link version bump (R2)."""
+    return contact.erased_at is None and payload.get("v") == contact.link_version
+
+
+def read_payload(purpose: str, token: str) -> dict:
+    """Return a token's payload if its signature holds and it is young enough for its purpose,
+    or raise TokenInvalid/TokenExpired. Whether its contact still exists and the link version
+    matches is contact_of's to check."""
     payload, age = read_signed(purpose, token)
     # The age is checked here rather than by itsdangerous so that a small clock skew between
     # nodes is tolerated instead of rejecting a token signed "in the future".
     if age > current_app.config["PORTAL_LINK_MAX_AGE"][purpose]:
         raise TokenExpired("the link has expired")
+    return payload
+
+
+def read_token(purpose: str, token: str) -> tuple[Contact, dict]:
+    """Return the contact a token names and its payload, or raise TokenInvalid/TokenExpired."""
+    payload = read_payload(purpose, token)
     contact = contact_of(payload)
     if contact is None:
         raise TokenInvalid("the link was revoked")

@@ -22,7 +22,7 @@ Whenever a step finds the case is not the common one, the lane rolls back, has c
 nothing, and returns None: the caller then takes the full path, which gives the right answer
 for everything (an unknown link, a second POST, a pending grant to cancel). The statements are
 Core statements compiled once per database, their parameters converted by their column types,
-as SQLAlchemy would; only SQLAlchemy's per-execution bookkeeping is skipped.
+as SQLAlchemy would (`db.DriverStatement`); only its per-execution bookkeeping is skipped.
 """
 
 import json
@@ -36,6 +36,7 @@ from portal import lists
 from portal import unsubscribe
 from portal.changes import PendingChange
 from portal.contacts import Contact
+from portal.db import DriverStatement
 from portal.db import QueuedConnection
 from portal.db import db
 from portal.db import holds_nul
@@ -78,42 +79,15 @@ _STILL_SUBSCRIBED = (
 )
 
 
-class _Compiled:
-    """A Core statement compiled for one database, run on a driver cursor."""
-
-    def __init__(self, statement, dialect, column_keys=None):
-        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
-        self.sql = compiled.string
-        self.positions = compiled.positiontup  # None where the driver takes names
-        # The values written into the statement (a literal 1, "pending"), bound as well.
-        self.fixed = {
-            name: bind.value for name, bind in compiled.binds.items() if not bind.required
-        }
-        self.processors = {
-            name: processor
-            for name, bind in compiled.binds.items()
-            if (processor := bind.type.bind_processor(dialect)) is not None
-        }
-
-    def run(self, cursor, values: dict):
-        values = {
-            name: self.processors[name](value) if name in self.processors else value
-            for name, value in (self.fixed | values).items()
-        }
-        if self.positions is not None:
-            return cursor.execute(self.sql, tuple(values[name] for name in self.positions))
-        return cursor.execute(self.sql, values)
-
-
 @dataclass(frozen=True)
 class _Statements:
-    find: _Compiled
-    still_subscribed: _Compiled
-    read_head: _Compiled
-    insert_event: _Compiled
-    insert_evidence: _Compiled
-    leave: _Compiled
-    move_head: _Compiled
+    find: DriverStatement
+    still_subscribed: DriverStatement
+    read_head: DriverStatement
+    insert_event: DriverStatement
+    insert_evidence: DriverStatement
+    leave: DriverStatement
+    move_head: DriverStatement
 
 
 @lru_cache(maxsize=4)
@@ -121,17 +95,17 @@ def _statements(dialect: sa.Dialect) -> _Statements:
     events = ledger.LedgerEvent.__table__
     evidence = ledger.LedgerEvidence.__table__
     return _Statements(
-        find=_Compiled(_FIND, dialect),
-        still_subscribed=_Compiled(_STILL_SUBSCRIBED, dialect),
-        read_head=_Compiled(ledger.READ_HEAD, dialect),
-        insert_event=_Compiled(
+        find=DriverStatement(_FIND, dialect),
+        still_subscribed=DriverStatement(_STILL_SUBSCRIBED, dialect),
+        read_head=DriverStatement(ledger.READ_HEAD, dialect),
+        insert_event=DriverStatement(
             sa.insert(events), dialect, [column.key for column in events.columns]
         ),
-        insert_evidence=_Compiled(
+        insert_evidence=DriverStatement(
             sa.insert(evidence), dialect, ["event_id", "ip_address", "user_agent"]
         ),
-        leave=_Compiled(lists.MOVE_SUBSCRIPTION, dialect),
-        move_head=_Compiled(ledger.MOVE_HEAD, dialect),
+        leave=DriverStatement(lists.MOVE_SUBSCRIPTION, dialect),
+        move_head=DriverStatement(ledger.MOVE_HEAD, dialect),
     )
 
 

@@ -54,12 +54,14 @@ def make_config(database_uri: str, **overrides) -> dict:
     return config
 
 
-def demo_app(folder: Path, *, admin: tuple[str, str] | None = None, **overrides):
-    """Return the demo application on its own SQLite file and instance folder, migrated and
-    loaded (a live server's thread would not see an in-memory database); with `admin`
-    (address, password), an admin who can sign in."""
+def demo_app(folder: Path, *, admin: tuple[str, str] | None = None,
+             database_uri: str | None = None, **overrides):
+    """Return the demo application on its own SQLite file (or `database_uri`, empty) and
+    instance folder, migrated and loaded (a live server's thread would not see an in-memory
+    database); with `admin` (address, password), an admin who can sign in."""
+    database_uri = database_uri or f"sqlite:///{folder / 'portal.sqlite3'}"
     application = create_app(
-        make_config(f"sqlite:///{folder / 'portal.sqlite3'}", PORTAL_DEMO=True, **overrides),
+        make_config(database_uri, PORTAL_DEMO=True, **overrides),
         instance_path=str(folder / "instance"),
     )
     with application.app_context():

@@ -22,6 +22,7 @@ from flask_wtf.csrf import CSRFError
 from portal import changes
 from portal import csrf
 from portal import htmx
+from portal import page_lane
 from portal.choices import CONSENT
 from portal.choices import ERASURE
 from portal.choices import LIST
@@ -37,9 +38,10 @@ from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
 from portal.links import check_form_token
+from portal.links import contact_of
 from portal.links import form_token
 from portal.links import make_token
-from portal.links import read_token
+from portal.links import read_payload
 from portal.links import token_digest
 
 log = logging.getLogger(__name__)
@@ -103,14 +105,27 @@ def refused(purpose: str, token: str, reason: str, *, expired: bool = False) -> 
     return BadLink(expired=expired)
 
 
-def _contact_from(purpose: str, token: str):
-    """Return the contact and payload of a link, or raise BadLink (logging a digest only)."""
+def _payload_of(purpose: str, token: str) -> dict:
+    """Return the payload of a link whose signature and age hold, or raise BadLink."""
     try:
-        contact, payload = read_token(purpose, token)
+        return read_payload(purpose, token)
     except TokenInvalid as error:
         raise refused(purpose, token, str(error), expired=isinstance(error, TokenExpired)) from None
+
+
+def _contact_of(purpose: str, token: str, payload: dict):
+    """Return the contact a link's payload names, or raise BadLink if it no longer opens it."""
+    contact = contact_of(payload)
+    if contact is None:
+        raise refused(purpose, token, "the link was revoked")
     g.contact_language = contact.language
-    return contact, payload
+    return contact
+
+
+def _contact_from(purpose: str, token: str):
+    """Return the contact and payload of a link, or raise BadLink (logging a digest only)."""
+    payload = _payload_of(purpose, token)
+    return _contact_of(purpose, token, payload), payload
 
 
 def _posted_contact(purpose: str, token: str):
@@ -188,8 +203,15 @@ def manage_context(token: str, page, wanted: dict | None = None) -> dict:
 @bp.get("/p/<token>")
 def manage(token: str):
     """Show a contact their email options, the policy, their consents and their rights."""
-    contact, _payload = _contact_from("manage", token)
-    return render_template("preferences/manage.html", **manage_context(token, page_for(contact)))
+    payload = _payload_of("manage", token)
+    # Most often in two statements on the driver's cursor; else through the session.
+    found = page_lane.read(payload)
+    if found is None:
+        page = page_for(_contact_of("manage", token, payload))
+    else:
+        g.contact_language = found.contact.language  # before the page asks for the language
+        page = found.page()
+    return render_template("preferences/manage.html", **manage_context(token, page))
 
 
 @bp.post("/p/<token>")
