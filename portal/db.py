@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from datetime import UTC
 from datetime import datetime
+from functools import cache
 from functools import lru_cache
 from pathlib import Path
 
@@ -378,6 +379,26 @@ def holds_nul(parameters) -> bool:
         elif isinstance(value, dict | list | tuple) and holds_nul(value):
             return True
     return False
+
+
+def detached(model: type, values: dict):
+    """Return an instance of a mapped class holding a row's values, outside any session.
+
+    For a row read on a driver's cursor (`DriverStatement`), to be read, never written: the
+    values are set as the ORM sets those it loads, without the constructor, which records each
+    one as a change to flush and costs more than the query that read them.
+    """
+    _configured(model)
+    instance = model.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(values)
+    return instance
+
+
+@cache
+def _configured(model: type) -> None:
+    # The constructor would configure the mappers on a process's first instance; without it,
+    # the class's attributes are not set up yet.
+    sa.orm.configure_mappers()
 
 
 class DriverStatement:

@@ -29,6 +29,7 @@ from portal import choices
 from portal.contacts import Contact
 from portal.db import DriverStatement
 from portal.db import db
+from portal.db import detached
 from portal.db import holds_nul
 from portal.links import still_valid
 
@@ -88,7 +89,8 @@ def read(payload: dict) -> Found | None:
         found = statements.contact.run(cursor, {"public_id": public_id}).fetchone()
         if found is None:
             return None
-        contact = Contact(**dict(zip(_ATTRIBUTES, statements.contact.read(found), strict=True)))
+        contact = detached(Contact, dict(zip(_ATTRIBUTES, statements.contact.read(found),
+                                             strict=True)))
         if not still_valid(contact, payload):
             return None
         with_values, params = choices.state_query(contact.id, known)

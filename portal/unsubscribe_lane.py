@@ -39,6 +39,7 @@ from portal.contacts import Contact
 from portal.db import DriverStatement
 from portal.db import QueuedConnection
 from portal.db import db
+from portal.db import detached
 from portal.db import holds_nul
 from portal.webforms import SignupRequest
 
@@ -177,7 +178,8 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
         connection.close()
     if isinstance(translations, str):  # SQLite's driver returns JSON as its text
         translations = json.loads(translations)
-    copy = lists.MailingList(id=list_id, slug=slug, name=name, translations=translations)
+    copy = detached(lists.MailingList, {"id": list_id, "slug": slug, "name": name,
+                                        "translations": translations})
     return Left(language=language, mailing_list=copy)
 
 

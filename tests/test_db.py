@@ -4,6 +4,9 @@ the portal uses PostgreSQL's connections."""
 import os
 import re
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import flask_migrate
 import pytest
@@ -144,3 +147,20 @@ def test_a_database_error_never_carries_a_statements_values(tmp_path):
             db.session.rollback()
             assert secret not in str(raised.value), options
             assert "no_such_table" in str(raised.value)  # the statement itself is still told
+
+
+def test_a_detached_row_reads_as_its_model_even_as_the_processs_first_instance():
+    """db.detached: a row read on the driver's cursor, as the lanes make it. In a process
+    whose ORM has made no instance yet (a server worker's first one-click POST), its mapper is
+    not configured until something configures it: detached must, or reading fails (a 500)."""
+    script = (
+        "from portal import lists\n"
+        "from portal.db import detached\n"
+        "row = detached(lists.MailingList, {'id': 7, 'slug': 'news', 'name': 'News',\n"
+        "               'translations': {'de': {'name': 'Neuigkeiten', 'description': ''}}})\n"
+        "print(row.id, row.wording('de')[0], row.wording('fr')[0], row.description)\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split() == ["7", "Neuigkeiten", "News", "None"]
