@@ -12,6 +12,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from flask import render_template
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
@@ -114,15 +115,7 @@ def sign_up(
     )
     if not allowed or suppression.is_suppressed(normalised):
         return
-    contact = contacts.find_by_email(normalised)
-    if contact is None:
-        contact = contacts.add_contact(
-            normalised,
-            first_name=(first_name or "").strip()[:100] or None,
-            language=language,
-            method=METHOD,
-            actor=ACTOR,
-        )
+    contact = contacts.find_by_email(normalised) or _new_lead(normalised, first_name, language)
     if contact.erasure_requested_at is not None:
         return
     if contact.opt_in_status in OPT_OUTS or contact.processing_stopped_at is not None:
@@ -143,6 +136,29 @@ def sign_up(
             contact, optin.Event.WEBFORM_TICKED, actor=ACTOR, method=METHOD, evidence=evidence
         )
         doi.send_request(contact, source="webform", actor=ACTOR)
+
+
+def _new_lead(address: str, first_name: str | None, language: str | None) -> Contact:
+    """Add a lead for a new address; or, when a sign-up of the same address at the same moment
+    (a double click) added it first, return that one.
+
+    On PostgreSQL both requests find no contact and add one; the second's INSERT waits for the
+    first to commit and then finds the address taken. Only its savepoint is undone.
+    """
+    try:
+        with db.session.begin_nested():
+            return contacts.add_contact(
+                address,
+                first_name=(first_name or "").strip()[:100] or None,
+                language=language,
+                method=METHOD,
+                actor=ACTOR,
+            )
+    except IntegrityError:
+        found = contacts.find_by_email(address)
+        if found is None:
+            raise
+        return found
 
 
 #: A contact's sign-up requests still waiting, built once (constructing a statement costs

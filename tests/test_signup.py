@@ -1,9 +1,12 @@
 """Web-form sign-ups (M2, M5): the public form, its answer, the double opt-in, the staff page."""
 
 import re
+import secrets
+import threading
 
 import pytest
 import sqlalchemy as sa
+from pg_locks import waiting_for_a_lock
 from test_backoffice_auth import PASSWORD
 from test_backoffice_auth import csrf_token
 from test_backoffice_auth import sign_in
@@ -12,6 +15,7 @@ from test_mailbox import signed_in_client
 
 from portal import campaigns
 from portal import contacts
+from portal import doi
 from portal import jobs
 from portal import lists
 from portal import mailbox
@@ -19,6 +23,7 @@ from portal import outbox
 from portal import staff
 from portal import suppression
 from portal import unsubscribe
+from portal import webforms
 from portal.contacts import OptIn
 from portal.db import db
 
@@ -317,3 +322,51 @@ def test_in_the_demo_a_newcomer_signs_up_confirms_and_unsubscribes_in_one_click(
     with demo_app.app_context():
         person = contacts.find_by_email("newcomer@example.org")
         assert not subscribed(person, "newsletter")
+
+
+def test_two_sign_ups_of_one_new_address_at_once_both_get_the_answer(base_app):
+    """A double click on a web form's button (PostgreSQL, where both requests run at once):
+    each finds no contact and adds one; the second waits for the first's address to commit
+    and must then sign the first's contact up, not fail on the address being taken."""
+    with base_app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("SQLite serialises writers; the race is PostgreSQL's")
+        engine = db.engine
+        slug = f"race-{secrets.token_hex(4)}"
+        list_id = lists.create_list(slug, "Race").id
+        db.session.commit()
+    address = f"race-{secrets.token_hex(6)}@example.com"
+    answers = []
+
+    def second_click():
+        with base_app.app_context():
+            visitor = base_app.test_client(use_cookies=False)
+            answers.append(visitor.post(f"/f/{slug}",
+                                        data={"email": address, "marketing": "yes"}))
+
+    try:
+        with base_app.app_context():
+            # The first click's contact, added and not yet committed: its request is halfway.
+            contacts.add_contact(address, method=webforms.METHOD, actor=webforms.ACTOR)
+            thread = threading.Thread(target=second_click)
+            thread.start()
+            with engine.connect() as probe:
+                assert waiting_for_a_lock(probe), "the second click never waited for the first"
+            db.session.commit()
+            thread.join(timeout=20)
+        [answer] = answers
+        assert answer.status_code == 303
+        assert answer.headers["Location"].endswith("/signup/sent")
+        with base_app.app_context():
+            [person] = db.session.scalars(sa.select(contacts.Contact)
+                                          .where(contacts.Contact.email == address)).all()
+            assert subscribed(person, slug)
+            assert person.opt_in_status == OptIn.SINGLE_WEBFORM
+    finally:
+        with base_app.app_context():
+            ids = sa.select(contacts.Contact.id).where(contacts.Contact.email == address)
+            for model in (lists.Subscription, doi.DoiRequest, outbox.OutboxMessage):
+                db.session.execute(sa.delete(model).where(model.contact_id.in_(ids)))
+            db.session.execute(sa.delete(contacts.Contact).where(contacts.Contact.email == address))
+            db.session.execute(sa.delete(lists.MailingList).where(lists.MailingList.id == list_id))
+            db.session.commit()
