@@ -9,15 +9,18 @@ WSGI application directly, as a server would, and reports the CPU time of one re
 - the Flask hello-world (bench/hello.py) and a route of the portal that returns a constant:
   what any request costs in each application;
 - the same route reading `SELECT 1` through the session: a transaction's cost;
-- the same route reading a link's signature and its contact;
-- the whole page GET, round-robin over the demo contacts (what wrk's page GET asks);
+- the same route reading a link's signature and its contact through the session;
+- the whole page GET, round-robin over the demo contacts (what wrk's page GET asks), which
+  reads through the page lane (`portal/page_lane.py`);
 
-and, inside one request context, the page's parts on their own: reading the link and the
-contact, the page's query (`page_for`), and rendering the template. Each figure is the lowest
-of `--rounds` rounds of `--requests` calls (CPU time of this process, so other load on the
-machine moves it little). `--profile` adds cProfile's 40 costliest functions of the page GET,
-by cumulative time. Run by hand, like every benchmark here; it changes nothing outside its
-temporary folder, which it removes.
+and, inside one request context, the page GET's parts on their own: checking the link's
+signature, the lane's two statements (`page_lane.read`), building the page from what they
+read, and rendering the template; then, for comparison, the session's path for the same
+reads (`read_token` and `page_for`), which a GET takes when the lane gives way. Each figure
+is the lowest of `--rounds` rounds of `--requests` calls (CPU time of this process, so other
+load on the machine moves it little). `--profile` adds cProfile's 40 costliest functions of
+the page GET, by cumulative time. Run by hand, like every benchmark here; it changes nothing
+outside its temporary folder, which it removes.
 """
 
 import argparse
@@ -101,8 +104,10 @@ def _measure(tokens: list[str], args, instance: Path) -> int:
     from hello import app as hello
 
     from portal import create_app
+    from portal import page_lane
     from portal.choices import page_for
     from portal.db import db
+    from portal.links import read_payload
     from portal.links import read_token
     from portal.preferences import manage_context
 
@@ -143,15 +148,21 @@ def _measure(tokens: list[str], args, instance: Path) -> int:
 
     print("\nthe page's parts, in one request context:")
     with app.test_request_context("/", base_url=f"http://127.0.0.1:{PORT}"):
-        contacts = [read_token("manage", token)[0] for token in tokens]
-        found = [page_for(each) for each in contacts]
-        contexts = [manage_context(token, page) for token, page in zip(tokens, found, strict=True)]
+        payloads = [read_payload("manage", token) for token in tokens]
+        found = [page_lane.read(payload) for payload in payloads]
+        contacts = [each.contact for each in found]
+        contexts = [manage_context(token, each.page())
+                    for token, each in zip(tokens, found, strict=True)]
         parts = {
-            "reading the link and the contact": lambda n: read_token(
+            "checking the link's signature": lambda n: read_payload(
                 "manage", tokens[n % len(tokens)]),
-            "the page's query (page_for)": lambda n: page_for(contacts[n % len(contacts)]),
+            "the lane's two statements": lambda n: page_lane.read(payloads[n % len(payloads)]),
+            "building the page": lambda n: found[n % len(found)].page(),
             "rendering the page": lambda n: render_template(
                 "preferences/manage.html", **contexts[n % len(contexts)]),
+            "(the session's path) the contact": lambda n: read_token(
+                "manage", tokens[n % len(tokens)]),
+            "(the session's path) page_for": lambda n: page_for(contacts[n % len(contacts)]),
         }
         for label, call in parts.items():
             for number in range(len(tokens)):
