@@ -71,12 +71,10 @@ def read(payload: dict) -> Found | None:
     """Read the page of the contact a checked manage link's payload names; None to give way."""
     if db.session.registry.has() and db.session().in_transaction():
         return None
-    public_id = payload["c"]
-    if holds_nul([public_id]):
+    if holds_nul([payload["c"]]):
         return None
     known = choices.catalogue()
     engine = db.engine
-    statements = _statements(engine.dialect)
     postgresql = engine.dialect.name == "postgresql"
     connection = engine.raw_connection()
     try:
@@ -85,26 +83,26 @@ def read(payload: dict) -> Found | None:
             driver.autocommit = True
         else:
             driver.execute("BEGIN")
-        cursor = driver.cursor()
-        found = statements.contact.run(cursor, {"public_id": public_id}).fetchone()
-        if found is None:
-            return None
-        contact = detached(Contact, dict(zip(_ATTRIBUTES, statements.contact.read(found),
-                                             strict=True)))
-        if not still_valid(contact, payload):
-            return None
-        with_values, params = choices.state_query(contact.id, known)
-        state = statements.states[with_values]
-        rows = [state.read(row) for row in state.run(cursor, params).fetchall()]
+        found = _read(driver.cursor(), _statements(engine.dialect), payload, known)
+        driver.rollback()  # ends SQLite's read; nothing to end in autocommit
+        if postgresql:
+            driver.autocommit = False
     except BaseException:
         # Whatever failed (a lost server), the connection is not reused.
         connection.invalidate()
         raise
-    else:
-        return Found(contact, known, rows)
     finally:
-        if connection.dbapi_connection is not None:  # not invalidated
-            driver.rollback()  # ends SQLite's read; nothing to end in autocommit
-            if postgresql:
-                driver.autocommit = False
         connection.close()
+    return found
+
+
+def _read(cursor, statements: _Statements, payload: dict, known) -> Found | None:
+    row = statements.contact.run(cursor, {"public_id": payload["c"]}).fetchone()
+    if row is None:
+        return None
+    contact = detached(Contact, dict(zip(_ATTRIBUTES, statements.contact.read(row), strict=True)))
+    if not still_valid(contact, payload):
+        return None
+    with_values, params = choices.state_query(contact.id, known)
+    state = statements.states[with_values]
+    return Found(contact, known, [state.read(each) for each in state.run(cursor, params)])

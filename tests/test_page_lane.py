@@ -181,3 +181,26 @@ def test_a_page_read_by_the_lane_makes_at_most_four_statements(tmp_path):
     assert len(reads) <= 4, reads
     assert sum(s.startswith("SELECT") for s in reads) == 2
 
+
+
+def test_a_failure_inside_the_lane_discards_its_connection_and_the_next_page_opens(
+    demo, monkeypatch, lane_runs
+):
+    """A statement that fails (a lost server, say): the error is the request's, and the lane's
+    connection is closed rather than pooled mid-read (on PostgreSQL, still in autocommit)."""
+    token = _tokens(demo)[4]
+    used = []
+
+    def lost(cursor, *_args):
+        used.append(cursor.connection)
+        raise sa.exc.OperationalError("SELECT", {}, ConnectionError("the server went away"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(page_lane, "_read", lost)
+        with pytest.raises(sa.exc.OperationalError):
+            _browser(demo).get(f"/p/{token}")
+    [connection] = used
+    with pytest.raises(Exception, match="(?i)closed"):
+        connection.cursor().execute("SELECT 1")
+    assert _browser(demo).get(f"/p/{token}").status_code == 200
+    assert lane_runs == [True]
