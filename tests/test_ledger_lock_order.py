@@ -15,11 +15,10 @@ contact and deletes it afterwards; the ledger keeps its events, which name no on
 
 import re
 import secrets
-import threading
 
 import pytest
 import sqlalchemy as sa
-from pg_locks import waiting_for_a_lock
+from pg_locks import the_ledger_held
 from test_doi import sign_up
 from test_preferences import CONFIRM_SUBJECT
 from test_preferences import NOTICE_SUBJECT
@@ -79,35 +78,17 @@ def contact_id(base_app):
 
 @pytest.mark.parametrize("writer", list(WRITERS))
 def test_a_writer_waiting_for_the_ledger_holds_no_contact_row(base_app, contact_id, writer):
-    errors, done = [], threading.Event()
-
     def write():
-        try:
-            with base_app.app_context():
-                WRITERS[writer](db.session.get(Contact, contact_id))
-                db.session.commit()
-        except BaseException as error:  # reported below, in the test's thread
-            errors.append(error)
-        finally:
-            done.set()
+        with base_app.app_context():
+            WRITERS[writer](db.session.get(Contact, contact_id))
+            db.session.commit()
 
     with base_app.app_context():
         engine = db.engine
-    with engine.connect() as holder, engine.connect() as probe:
-        holder.exec_driver_sql("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE")
-        thread = threading.Thread(target=write)
-        thread.start()
-        try:
-            assert waiting_for_a_lock(probe), "the writer never waited for the ledger"
-            # Raises LockNotAvailable if the waiting writer had already locked the row.
-            probe.execute(sa.select(Contact.id).where(Contact.id == contact_id)
-                          .with_for_update(nowait=True))
-            probe.rollback()
-        finally:
-            holder.rollback()
-            done.wait(timeout=20)
-            thread.join(timeout=5)
-    assert not errors, errors
+    with the_ledger_held(engine, write) as probe:
+        # Raises LockNotAvailable if the waiting writer had already locked the row.
+        probe.execute(sa.select(Contact.id).where(Contact.id == contact_id)
+                      .with_for_update(nowait=True))
     with base_app.app_context():
         contact = db.session.get(Contact, contact_id)
         assert contact.opt_in_status == OptIn.OPTOUT_CONTACT.value or writer == "asking for erasure"

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from flask import request_finished
 from flask.testing import FlaskClient
-from pg_locks import waiting_for_a_lock
+from pg_locks import the_ledger_held
 
 from portal import contacts
 from portal import ledger
@@ -329,40 +329,23 @@ def test_a_writer_waiting_for_the_ledger_holds_no_subscription(base_app, world, 
             pytest.skip("SQLite has one write lock for the whole database")
         engine = db.engine
     [(contact_id, public_id)], [(news, _), _offers] = world()
-    errors, done = [], threading.Event()
 
     def write():
-        try:
-            if writer == "the lane":
-                with base_app.test_request_context("/o/x", method="POST"):
-                    assert unsubscribe_lane.leave(public_id, news, Evidence(None, BROWSER))
-            else:
-                with base_app.app_context():
-                    lists.set_subscription(
-                        db.session.get(Contact, contact_id),
-                        db.session.get(lists.MailingList, news), False,
-                        method="page", actor="contact")
-                    db.session.commit()
-        except BaseException as error:  # reported below, in the test's thread
-            errors.append(error)
-        finally:
-            done.set()
+        if writer == "the lane":
+            with base_app.test_request_context("/o/x", method="POST"):
+                assert unsubscribe_lane.leave(public_id, news, Evidence(None, BROWSER))
+        else:
+            with base_app.app_context():
+                lists.set_subscription(
+                    db.session.get(Contact, contact_id),
+                    db.session.get(lists.MailingList, news), False,
+                    method="page", actor="contact")
+                db.session.commit()
 
-    with engine.connect() as holder, engine.connect() as probe:
-        holder.exec_driver_sql("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE")
-        thread = threading.Thread(target=write)
-        thread.start()
-        try:
-            assert waiting_for_a_lock(probe), "the writer never waited for the ledger"
-            probe.execute(sa.select(lists.Subscription.status).where(
-                lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
-            ).with_for_update(nowait=True))
-            probe.rollback()
-        finally:
-            holder.rollback()
-            done.wait(timeout=20)
-            thread.join(timeout=5)
-    assert not errors, errors
+    with the_ledger_held(engine, write) as probe:
+        probe.execute(sa.select(lists.Subscription.status).where(
+            lists.Subscription.contact_id == contact_id, lists.Subscription.list_id == news,
+        ).with_for_update(nowait=True))
     assert _status(base_app, contact_id, news) == "unsubscribed"
 
 
