@@ -19,6 +19,7 @@ import secrets
 import pytest
 import sqlalchemy as sa
 from pg_locks import the_ledger_held
+from test_backoffice_contacts import _edit_form
 from test_doi import sign_up
 from test_preferences import CONFIRM_SUBJECT
 from test_preferences import NOTICE_SUBJECT
@@ -188,5 +189,32 @@ def test_no_transaction_changes_a_row_before_it_locks_the_ledger(
     act = REQUESTS[request_kind](client, smtp, world.ada)
     statements.clear()
     act()
+    assert any("FROM ledger_head" in statement for statement in statements)
+    assert _early_writes(statements) == []
+
+
+def _staff_edit(staff, ada):
+    data = _edit_form(staff, ada, first_name="Adah", sales_stage="ready to buy")
+    data.pop("employees")
+    return lambda: staff.post(f"/staff/contacts/{ada.public_id}/edit", data=data)
+
+
+def _staff_new_address(staff, ada):
+    token = _edit_form(staff, ada)["csrf_token"]
+    return lambda: staff.post(f"/staff/contacts/{ada.public_id}/email",
+                              data={"csrf_token": token, "email": "ada.new@example.com"})
+
+
+STAFF_REQUESTS = {"a staff edit of a record": _staff_edit,
+                  "a staff change of the address": _staff_new_address}
+
+
+@pytest.mark.parametrize("request_kind", list(STAFF_REQUESTS))
+def test_no_staff_change_changes_a_row_before_it_locks_the_ledger(
+    agent_client, world, statements, request_kind  # noqa: F811 (a fixture)
+):
+    act = STAFF_REQUESTS[request_kind](agent_client, world.ada)
+    statements.clear()
+    assert act().status_code == 303
     assert any("FROM ledger_head" in statement for statement in statements)
     assert _early_writes(statements) == []
