@@ -80,6 +80,27 @@ _STILL_SUBSCRIBED = (
 )
 
 
+_EVENTS = ledger.LedgerEvent.__table__
+_EVIDENCE = ledger.LedgerEvidence.__table__
+#: The event's columns, bound as "ledger_<column>" in the one-statement write below.
+_EVENT_VALUES = {column.key: sa.bindparam(f"ledger_{column.key}", type_=column.type)
+                 for column in _EVENTS.columns}
+_EVIDENCE_VALUES = {"event_id": sa.bindparam("event_id"), "ip_address": sa.bindparam("ip_address"),
+                    "user_agent": sa.bindparam("user_agent")}
+
+
+def _one_statement(with_evidence: bool):
+    """The four writes as one statement (PostgreSQL's data-modifying WITH): the event, the
+    subscription moved, the evidence (when there is some) and the head moved, in one round
+    trip to the server instead of four while the head is held. Its foreign keys are checked
+    at the statement's end, when every row is there."""
+    parts = [sa.insert(_EVENTS).values(_EVENT_VALUES).cte("new_event"),
+             lists.MOVE_SUBSCRIPTION.cte("left_list")]
+    if with_evidence:
+        parts.append(sa.insert(_EVIDENCE).values(_EVIDENCE_VALUES).cte("kept_evidence"))
+    return ledger.MOVE_HEAD.add_cte(*parts)
+
+
 @dataclass(frozen=True)
 class _Statements:
     find: DriverStatement
@@ -89,24 +110,27 @@ class _Statements:
     insert_evidence: DriverStatement
     leave: DriverStatement
     move_head: DriverStatement
+    #: PostgreSQL's one-statement writes, without and with evidence; None elsewhere.
+    write_all: dict[bool, DriverStatement] | None
 
 
 @lru_cache(maxsize=4)
 def _statements(dialect: sa.Dialect) -> _Statements:
-    events = ledger.LedgerEvent.__table__
-    evidence = ledger.LedgerEvidence.__table__
     return _Statements(
         find=DriverStatement(_FIND, dialect),
         still_subscribed=DriverStatement(_STILL_SUBSCRIBED, dialect),
         read_head=DriverStatement(ledger.READ_HEAD, dialect),
         insert_event=DriverStatement(
-            sa.insert(events), dialect, [column.key for column in events.columns]
+            sa.insert(_EVENTS), dialect, [column.key for column in _EVENTS.columns]
         ),
         insert_evidence=DriverStatement(
-            sa.insert(evidence), dialect, ["event_id", "ip_address", "user_agent"]
+            sa.insert(_EVIDENCE), dialect, ["event_id", "ip_address", "user_agent"]
         ),
         leave=DriverStatement(lists.MOVE_SUBSCRIPTION, dialect),
         move_head=DriverStatement(ledger.MOVE_HEAD, dialect),
+        write_all={with_evidence: DriverStatement(_one_statement(with_evidence), dialect)
+                   for with_evidence in (False, True)}
+        if dialect.name == "postgresql" else None,
     )
 
 
@@ -161,13 +185,9 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
             evidence_ref=f"list:{slug}",
             evidence=evidence,
         )
-        statements.insert_event.run(cursor, row)
-        statements.leave.run(cursor, {**mine, "new_status": "unsubscribed", "event": row["id"],
-                                      "at": row["occurred_at"]})
-        kept = ledger.evidence_row(row["id"], evidence)
-        if kept is not None:
-            statements.insert_evidence.run(cursor, kept)
-        statements.move_head.run(cursor, {"event_id": row["id"], "event_hash": row["hash"]})
+        _write(cursor, statements, row, {**mine, "new_status": "unsubscribed",
+                                          "event": row["id"], "at": row["occurred_at"]},
+               ledger.evidence_row(row["id"], evidence))
         driver.commit()
     except BaseException:
         # Whatever failed (a lost server, a lock timeout), the connection is not reused: closing
@@ -181,6 +201,21 @@ def leave(public_id: str, list_id: int, evidence: ledger.Evidence) -> Left | Non
     copy = detached(lists.MailingList, {"id": list_id, "slug": slug, "name": name,
                                         "translations": translations})
     return Left(language=language, mailing_list=copy)
+
+
+def _write(cursor, statements: _Statements, row: dict, leaving: dict, kept: dict | None):
+    """Write the event, the subscription it moves, its evidence and the head."""
+    moved = {"event_id": row["id"], "event_hash": row["hash"]}
+    if statements.write_all is not None:
+        values = {f"ledger_{name}": value for name, value in row.items()}
+        statements.write_all[kept is not None].run(cursor, {**values, **leaving, **(kept or {}),
+                                                            **moved})
+        return
+    statements.insert_event.run(cursor, row)
+    statements.leave.run(cursor, leaving)
+    if kept is not None:
+        statements.insert_evidence.run(cursor, kept)
+    statements.move_head.run(cursor, moved)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,23 @@ def test_the_lane_leaves_the_list_with_one_chained_event_and_its_evidence(
         assert report.last_event_id == head.last_event_id
 
 
+def test_a_post_with_no_address_or_browser_known_leaves_the_list_with_no_evidence_row(
+    base_app, world
+):
+    """Nothing personal to keep: the event alone, chained as any (on PostgreSQL the writes
+    without the evidence's part are a statement of their own)."""
+    [(contact_id, public_id)], [(news, _), _offers] = world()
+    with base_app.test_request_context("/o/x", method="POST"):
+        assert unsubscribe_lane.leave(public_id, news, Evidence(None, None))
+    assert _status(base_app, contact_id, news) == "unsubscribed"
+    [event] = _events(base_app, public_id)
+    with base_app.app_context():
+        assert db.session.get(LedgerEvidence, event["id"]) is None
+        assert db.session.get(lists.Subscription, (contact_id, news)).event_id == event["id"]
+        assert db.session.get(ledger.LedgerHead, 1).last_event_id >= event["id"]
+        assert ledger.verify().ok
+
+
 def test_the_lane_answers_and_records_exactly_as_the_full_path(
     base_app, world, full_path_runs, monkeypatch
 ):
