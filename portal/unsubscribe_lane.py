@@ -15,8 +15,9 @@ takes the write lock (SQLite's BEGIN IMMEDIATE) for these statements and the com
 2. the subscription, if it still is subscribed and nothing is waiting for the contact: the
    read without the lock, checked again under it;
 3. the event, built by `ledger.next_event` as every event is, so the chain is the same;
-4. the subscription moved to "unsubscribed", the evidence (address and browser), and the head
-   moved to the new event.
+4. the event written, the subscription moved to "unsubscribed", the evidence (address and
+   browser), and the head moved to the new event: on PostgreSQL in one statement, one round
+   trip while the head is held.
 
 Whenever a step finds the case is not the common one, the lane rolls back, has changed
 nothing, and returns None: the caller then takes the full path, which gives the right answer
