@@ -420,7 +420,7 @@ def test_a_reveal_is_refused_for_a_stopped_record(agent_client, people):
     assert ">Reveal<" not in _record(agent_client, ada).text
 
 
-def _edit_form(client, contact, **changes):
+def edit_form(client, contact, **changes):
     page = client.get(f"/staff/contacts/{contact.public_id}/edit")
     assert page.status_code == 200
     version = re.search(r'name="version" value="(\d+)"', page.text).group(1)
@@ -443,7 +443,7 @@ def _edit_form(client, contact, **changes):
 
 def test_staff_edit_the_fields_of_a_record(agent_client, people):
     cy = people["cy"]
-    data = _edit_form(agent_client, cy, first_name="Cy", sales_stage="qualified", employees="12")
+    data = edit_form(agent_client, cy, first_name="Cy", sales_stage="qualified", employees="12")
     saved = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data)
     assert saved.status_code == 303
     page = unescape(agent_client.get(saved.headers["Location"]).text)
@@ -455,7 +455,7 @@ def test_staff_edit_the_fields_of_a_record(agent_client, people):
 
 def test_a_bad_value_is_refused_next_to_its_field_and_nothing_is_saved(agent_client, people):
     cy = people["cy"]
-    data = _edit_form(agent_client, cy, first_name="Cy", employees="many", language="xx")
+    data = edit_form(agent_client, cy, first_name="Cy", employees="many", language="xx")
     response = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data)
     assert response.status_code == 200
     assert "Enter a number, such as 42 or 3.5." in response.text
@@ -467,7 +467,7 @@ def test_a_bad_value_is_refused_next_to_its_field_and_nothing_is_saved(agent_cli
 
 def test_control_characters_and_odd_numbers_are_refused_next_to_their_fields(agent_client, people):
     cy = people["cy"]
-    data = _edit_form(
+    data = edit_form(
         agent_client, cy, first_name="Cy\x00rus", employees="nan", sales_stage="a\x00b"
     )
     response = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data)
@@ -475,7 +475,7 @@ def test_control_characters_and_odd_numbers_are_refused_next_to_their_fields(age
     assert response.text.count("Remove the invisible control characters") == 2
     assert "Enter a number, such as 42 or 3.5." in response.text
     # A pasted tab or line break in a name is only white space.
-    data = _edit_form(agent_client, cy, first_name="Cy\t", last_name="Smith\r\n")
+    data = edit_form(agent_client, cy, first_name="Cy\t", last_name="Smith\r\n")
     assert agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data).status_code == 303
     db.session.expire_all()
     assert (cy.first_name, cy.last_name) == ("Cy", "Smith")
@@ -485,7 +485,7 @@ def test_a_field_whose_storage_consent_was_revoked_cannot_be_filled(agent_client
     ada = people["ada"]
     consent.decide(ada, people["store_card"].current_version, False, method="page", actor="contact")
     db.session.commit()
-    data = _edit_form(agent_client, ada, card_number="5555 4444 3333 2222")
+    data = edit_form(agent_client, ada, card_number="5555 4444 3333 2222")
     response = agent_client.post(f"/staff/contacts/{ada.public_id}/edit", data=data)
     assert response.status_code == 200
     assert "Card number: the contact withdrew consent to store it" in unescape(response.text)
@@ -494,9 +494,9 @@ def test_a_field_whose_storage_consent_was_revoked_cannot_be_filled(agent_client
 
 def test_a_sensitive_value_is_replaced_encrypted_and_an_empty_box_keeps_it(agent_client, people):
     cy = people["cy"]
-    data = _edit_form(agent_client, cy, card_number="4000 0000 0000 9876")
+    data = edit_form(agent_client, cy, card_number="4000 0000 0000 9876")
     assert agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data).status_code == 303
-    data = _edit_form(agent_client, cy, first_name="Cy")
+    data = edit_form(agent_client, cy, first_name="Cy")
     assert agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=data).status_code == 303
     db.session.expire_all()
     assert contacts.field_value(cy, "card_number", reveal=True) == "4000 0000 0000 9876"
@@ -505,7 +505,7 @@ def test_a_sensitive_value_is_replaced_encrypted_and_an_empty_box_keeps_it(agent
 
 def test_a_stopped_record_refuses_edits(agent_client, people):
     ada = people["ada"]
-    data = _edit_form(agent_client, ada, first_name="Changed")
+    data = edit_form(agent_client, ada, first_name="Changed")
     contacts.stop_processing(ada, method="page", actor="contact")
     db.session.commit()
     response = agent_client.post(f"/staff/contacts/{ada.public_id}/edit", data=data)
@@ -524,8 +524,8 @@ def test_a_stopped_record_refuses_edits(agent_client, people):
 
 def test_a_stale_form_shows_the_record_as_it_is_now(agent_client, people):
     cy = people["cy"]
-    stale = _edit_form(agent_client, cy, first_name="Mine")
-    fresh = _edit_form(agent_client, cy, first_name="Theirs")
+    stale = edit_form(agent_client, cy, first_name="Mine")
+    fresh = edit_form(agent_client, cy, first_name="Theirs")
     assert agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=fresh).status_code == 303
     response = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=stale)
     assert response.status_code == 200
@@ -538,7 +538,7 @@ def test_a_stale_form_shows_the_record_as_it_is_now(agent_client, people):
 def test_changing_the_address_resets_a_double_opt_in_and_old_links(agent_client, people):
     ada = people["ada"]
     link_version = ada.link_version
-    data = _edit_form(agent_client, ada)
+    data = edit_form(agent_client, ada)
     changed = agent_client.post(
         f"/staff/contacts/{ada.public_id}/email",
         data={"csrf_token": data["csrf_token"], "email": " Ada.New@Example.com "},
@@ -556,7 +556,7 @@ def test_changing_the_address_keeps_an_opt_out(agent_client, people):
     bob = people["bob"]
     contacts.record_opt_in(bob, OptIn.OPTOUT_USER, method="staff", actor="test")
     db.session.commit()
-    data = _edit_form(agent_client, bob)
+    data = edit_form(agent_client, bob)
     agent_client.post(
         f"/staff/contacts/{bob.public_id}/email",
         data={"csrf_token": data["csrf_token"], "email": "bob2@example.com"},
@@ -578,7 +578,7 @@ def test_a_bad_new_address_is_refused_next_to_the_field(agent_client, people, ad
     suppression.suppress("erased@example.com", "erased")
     db.session.commit()
     ada = people["ada"]
-    data = _edit_form(agent_client, ada)
+    data = edit_form(agent_client, ada)
     response = agent_client.post(
         f"/staff/contacts/{ada.public_id}/email",
         data={"csrf_token": data["csrf_token"], "email": address},

@@ -19,7 +19,7 @@ import secrets
 import pytest
 import sqlalchemy as sa
 from pg_locks import the_ledger_held
-from test_backoffice_contacts import _edit_form
+from test_backoffice_contacts import edit_form
 from test_doi import sign_up
 from test_preferences import CONFIRM_SUBJECT
 from test_preferences import NOTICE_SUBJECT
@@ -194,13 +194,13 @@ def test_no_transaction_changes_a_row_before_it_locks_the_ledger(
 
 
 def _staff_edit(staff, ada):
-    data = _edit_form(staff, ada, first_name="Adah", sales_stage="ready to buy")
+    data = edit_form(staff, ada, first_name="Adah", sales_stage="ready to buy")
     data.pop("employees")
     return lambda: staff.post(f"/staff/contacts/{ada.public_id}/edit", data=data)
 
 
 def _staff_new_address(staff, ada):
-    token = _edit_form(staff, ada)["csrf_token"]
+    token = edit_form(staff, ada)["csrf_token"]
     return lambda: staff.post(f"/staff/contacts/{ada.public_id}/email",
                               data={"csrf_token": token, "email": "ada.new@example.com"})
 
