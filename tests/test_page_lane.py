@@ -204,3 +204,23 @@ def test_a_failure_inside_the_lane_discards_its_connection_and_the_next_page_ope
         connection.cursor().execute("SELECT 1")
     assert _browser(demo).get(f"/p/{token}").status_code == 200
     assert lane_runs == [True]
+
+
+def test_an_htmx_save_answers_with_the_form_the_lane_reads_after_the_commit(demo, lane_runs):
+    """The form an htmx save sends back is read by the lane once the change is committed:
+    it shows the change, and its stamp is the new state's, so the next toggle is not stale."""
+    token = _tokens(demo)[5]
+    browser = _browser(demo)
+    _action, form = read_form(browser.get(f"/p/{token}").text)
+    left = next(name for name in form if name.startswith("list:"))
+    toggle = {name: value for name, value in form.items() if name != left}
+    answer = browser.post(f"/p/{token}", data=toggle, headers={"HX-Request": "true"})
+    assert answer.status_code == 200
+    assert lane_runs == [True, True]  # the page's GET, then the form after the save
+    _action, after = read_form(answer.text)
+    assert left not in after
+    assert after["stamp"] != form["stamp"]
+    # The answer's own form, posted as it stands, is the current state: nothing is stale.
+    again = browser.post(f"/p/{token}", data=after, headers={"HX-Request": "true"})
+    assert again.status_code == 200
+    assert 'id="preferences"' in again.text and "stale" not in again.text.lower()

@@ -222,7 +222,7 @@ def save(token: str):
     Without JavaScript this ends in a redirect to the page; with htmx it answers with the
     updated form. A toggle saves the withdrawals only (see _toggled).
     """
-    contact, _payload = _contact_from("manage", token)
+    contact, payload = _contact_from("manage", token)
     page = page_for(contact)
     choices, versions = _submitted(page)
     toggled = _toggled()
@@ -252,7 +252,7 @@ def save(token: str):
                            page=stale.page, wanted=wanted, now=changes.summary(stale.page))
     db.session.commit()
     reading_only_from_here()
-    after = page_for(contact) if htmx.wants_fragment() else None
+    after = _page_after_save(contact, payload) if htmx.wants_fragment() else None
     messages = []
     if outcome.withdrawn:
         messages.append(_("Your changes are saved. We sent you an email with a link to undo "
@@ -277,6 +277,13 @@ def save(token: str):
     context = manage_context(token, after, wanted=choices if toggled else None)
     return htmx.render("preferences/manage.html", "preferences/_form.html",
                        messages=messages, **context)
+
+
+def _page_after_save(contact, payload: dict):
+    """Return the contact's page as the save left it: read by the page lane, which takes no
+    write lock on SQLite, else through the session."""
+    found = page_lane.read(payload)
+    return found.page() if found is not None else page_for(contact)
 
 
 def _toggled() -> bool:
