@@ -163,6 +163,19 @@ def app(base_app):
 
 
 @pytest.fixture
+def statements(app):
+    """Collect the statements sent to the database during the test."""
+    seen: list[str] = []
+
+    def collect(_connection, _cursor, statement, *_):
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(db.engine, "before_cursor_execute", collect)
+    yield seen
+    sa.event.remove(db.engine, "before_cursor_execute", collect)
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

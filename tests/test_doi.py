@@ -144,6 +144,21 @@ def test_the_mail_links_to_a_page_whose_one_button_sets_double_opt_in(app, clien
     assert "You already confirmed" in client.get(path).text
 
 
+def test_pressing_the_button_reads_nothing_after_its_commit(app, client, smtp, statements):
+    """The thanks and its link to the page are made before the commit: no second transaction
+    after it (on SQLite it would take the write lock again)."""
+    contact = sign_up("ada@example.test")
+    db.session.commit()
+    path = link_of(received(smtp, contact)[0])
+    _action, form = read_form(client.get(path).text)
+    statements.clear()
+    answer = client.post(path, data=form)
+    assert "Thank you for confirming" in answer.text
+    # The commit is the request's last statement (under the `app` fixture, a savepoint's end).
+    assert statements[-1].startswith("RELEASE SAVEPOINT")
+    assert client.get(re.search(r'href="(/p/[^"]+)"', answer.text).group(1)).status_code == 200
+
+
 def test_a_scanners_get_and_head_change_nothing(app, client, smtp):
     contact = sign_up("scanned@example.test")
     db.session.commit()

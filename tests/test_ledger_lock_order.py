@@ -121,19 +121,6 @@ def _early_writes(statements: list[str]) -> list[str]:
     return early
 
 
-@pytest.fixture
-def statements(app):
-    """Collect the statements sent to the database while the test's `with` block runs."""
-    seen: list[str] = []
-
-    def collect(_connection, _cursor, statement, *_):
-        seen.append(" ".join(statement.split()))
-
-    sa.event.listen(db.engine, "before_cursor_execute", collect)
-    yield seen
-    sa.event.remove(db.engine, "before_cursor_execute", collect)
-
-
 ASK_FOR_EVERYTHING = {"list:offers": "on", "consent:partners": "yes", "stop_processing": "on",
                       "erasure": "on"}
 

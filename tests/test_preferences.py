@@ -418,6 +418,24 @@ def test_a_pending_change_wholly_withdrawn_applies_nothing(client, smtp, world):
     assert state(ada)["consents"]["partners"] == ("revoked", 1)
 
 
+@pytest.mark.parametrize("link", ["confirm", "undo"])
+def test_pressing_a_links_button_reads_nothing_after_its_commit(
+    client, smtp, world, statements, link
+):
+    """The answer and its link to the page are made from what the change read: no second
+    transaction after the commit (on SQLite it would take the write lock again)."""
+    undo, confirm = withdraw_and_ask(client, smtp, world.ada)
+    path = confirm if link == "confirm" else undo
+    _action, form = read_form(client.get(path).text)
+    statements.clear()
+    answer = client.post(path, data=form)
+    assert answer.status_code == 200
+    # The commit is the request's last statement (under the `app` fixture, a savepoint's end).
+    assert statements[-1].startswith("RELEASE SAVEPOINT")
+    again = re.search(r'href="(/p/[^"]+)"', answer.text).group(1)
+    assert client.get(again).status_code == 200
+
+
 def test_a_second_post_of_a_confirmation_says_already_confirmed_and_changes_nothing(
     client, smtp, world
 ):

@@ -343,11 +343,13 @@ def confirm(token: str):
     status, change = changes.confirm(contact, str(payload.get("p", "")), evidence=_evidence())
     if status == "unknown":
         raise refused("confirm", token, "it names no pending change of its contact")
+    # Read before the commit expires them: after it, reading them would open a second
+    # transaction (on SQLite one that takes the write lock again) only to show this answer.
+    erasure = status == "applied" and changes.asks_erasure(change)
+    manage_token = make_token("manage", contact)
     db.session.commit()
-    reading_only_from_here()
-    return render_template("preferences/confirmed.html", status=status,
-                           erasure=status == "applied" and changes.asks_erasure(change),
-                           manage_token=make_token("manage", contact))
+    return render_template("preferences/confirmed.html", status=status, erasure=erasure,
+                           manage_token=manage_token)
 
 
 @bp.get("/u/<token>")
@@ -370,10 +372,9 @@ def undo(token: str):
     status, _record = changes.undo(contact, str(payload.get("u", "")), evidence=_evidence())
     if status == "unknown":
         raise refused("undo", token, "it names no withdrawal of its contact")
+    manage_token = make_token("manage", contact)  # before the commit, as in confirm
     db.session.commit()
-    reading_only_from_here()
-    return render_template("preferences/undone.html", status=status,
-                           manage_token=make_token("manage", contact))
+    return render_template("preferences/undone.html", status=status, manage_token=manage_token)
 
 
 # The way back in registers its views on the same blueprint.

@@ -9,7 +9,6 @@ from flask import request
 from portal import csrf
 from portal import doi
 from portal.db import db
-from portal.db import reading_only_from_here
 from portal.links import check_form_token
 from portal.links import make_token
 from portal.preferences import _contact_from
@@ -47,8 +46,9 @@ def doi_confirm(token: str):
     if status in ("unknown", "expired"):
         raise refused("doi", token, f"its double opt-in request is {status}",
                       expired=status == "expired")
+    # Made before the commit expires the contact: after it, a second transaction (on SQLite
+    # one that takes the write lock again) would be opened only to show this answer.
+    manage_token = make_token("manage", contact)
     db.session.commit()
-    reading_only_from_here()
-    return render_template(
-        "preferences/doi_confirmed.html", status=status, manage_token=make_token("manage", contact)
-    )
+    return render_template("preferences/doi_confirmed.html", status=status,
+                           manage_token=manage_token)
