@@ -186,22 +186,6 @@ def lock_head():
     return head
 
 
-def _lock_head() -> LedgerHead:
-    """Return the head row, locked until the transaction ends (FOR UPDATE on PostgreSQL)."""
-    statement = (
-        sa.select(LedgerHead)
-        .where(LedgerHead.id == 1)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    with db.session.no_autoflush:  # the head first, as in lock_head
-        head = db.session.execute(statement).scalar_one_or_none()
-    if head is None:
-        # The migration creates it; a missing head means the database was tampered with.
-        raise RuntimeError("the ledger head row is missing; run 'flask db upgrade'")
-    return head
-
-
 def next_event(
     head,
     *,
@@ -310,7 +294,7 @@ def history(contact_ref: str) -> list[LedgerEvent]:
 
 def checkpoint() -> LedgerCheckpoint:
     """Record the current head as a signed checkpoint and return it."""
-    head = _lock_head()
+    head = lock_head()
     keys = keyset("ledger")
     mark = LedgerCheckpoint(
         event_id=head.last_event_id, event_hash=head.last_hash, key_id=keys.active_id

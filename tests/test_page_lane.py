@@ -137,13 +137,28 @@ def test_a_link_the_lane_cannot_open_gets_the_bad_link_page_from_the_session(
     assert lane_runs == [False, True]
 
 
-def test_the_lane_hands_its_connection_back_ready_for_a_save(demo, lane_runs):
-    """After the lane's read, the pooled connection writes in a transaction again: a save
-    applies its withdrawal, and its events chain on, as after the session's read."""
+def test_the_lane_hands_its_connection_back_ready_for_a_save(demo, lane_runs, monkeypatch):
+    """After the lane's read, its connection goes back to the pool out of any transaction and,
+    on PostgreSQL, out of autocommit: the next writer on it writes in a transaction."""
+    used = []
+    real = page_lane._read
+
+    def watched(cursor, *args):
+        used.append(cursor.connection)
+        return real(cursor, *args)
+
+    monkeypatch.setattr(page_lane, "_read", watched)
     token = _tokens(demo)[3]
     browser = _browser(demo)
     page = browser.get(f"/p/{token}")
     assert lane_runs == [True]
+    [connection] = used
+    with demo.app_context():
+        if db.engine.dialect.name == "postgresql":
+            assert connection.autocommit is False
+        else:
+            assert not connection.in_transaction
+    # A save after it applies its withdrawal, which the next page shows.
     _action, form = read_form(page.text)
     ticked = [name for name in form if name.startswith("list:")]
     assert ticked, "the demo contact is on a list"
@@ -152,15 +167,6 @@ def test_the_lane_hands_its_connection_back_ready_for_a_save(demo, lane_runs):
     after = browser.get(f"/p/{token}")
     assert f'name="{ticked[0]}"' in after.text
     assert not re.search(rf'name="{re.escape(ticked[0])}"[^>]*checked', after.text)
-    with demo.app_context():
-        raw = db.engine.raw_connection()
-        try:
-            if db.engine.dialect.name == "postgresql":
-                assert raw.dbapi_connection.autocommit is False
-            else:
-                assert not raw.dbapi_connection.in_transaction
-        finally:
-            raw.close()
 
 
 def test_a_page_read_by_the_lane_makes_at_most_four_statements(tmp_path):

@@ -124,16 +124,22 @@ def assert_waiting(worker: Worker, entered) -> None:
     assert worker.is_alive(), f"the writer failed instead of waiting: {worker.error!r}"
 
 
+def start_waiting_writer(database: Database) -> Worker:
+    """Start a writer in another thread, assert that it waits for its turn, and return it."""
+    entered = threading.Event()
+    writer = start(write_once, database, entered)
+    assert_waiting(writer, entered)
+    return writer
+
+
 @pytest.mark.parametrize("end", ["commit", "rollback", "close"])
 def test_a_second_writer_waits_for_the_first_and_goes_on_once_it_ends(database, end):
     """Another thread's writer waits while the first holds the queue, and goes on once it ends."""
     first = database.connect()
     first.begin_writing()
     increment(first)
-    entered = threading.Event()
-    second = start(write_once, database, entered)
     try:
-        assert_waiting(second, entered)
+        second = start_waiting_writer(database)
         getattr(first, end)()
         finish(second)
     finally:
@@ -171,9 +177,7 @@ def test_a_writer_whose_wait_timed_out_leaves_the_holder_its_place(database):
     increment(first)
     try:
         finish(start(give_up))
-        entered = threading.Event()
-        third = start(write_once, database, entered)
-        assert_waiting(third, entered)
+        third = start_waiting_writer(database)
         first.commit()
         finish(third)
     finally:
@@ -278,9 +282,7 @@ def test_a_child_process_holding_the_queue_makes_the_parents_writer_wait(databas
     child = fork(hold_in_child, database, holding, release)
     try:
         assert holding.wait(WAIT)
-        entered = threading.Event()
-        parent = start(write_once, database, entered)
-        assert_waiting(parent, entered)
+        parent = start_waiting_writer(database)
         release.set()
         finish(parent)
     finally:
