@@ -82,16 +82,43 @@ CSRF_ERROR = (
 )
 
 
+#: The headers every answer carries unless its view set its own (the mailbox's sandboxed mail
+#: view does). Not no-referrer: Flask-WTF's referrer check on HTTPS needs the Referer
+#: (SECURITY.md 8).
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=()"),
+)
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+
+
+def set_headers(response, pairs) -> None:
+    """Set each (name, value) header, replacing any header of that name.
+
+    In one pass over the response's headers: Werkzeug's own set and setdefault each walk
+    them all again (and setdefault raises and catches an exception for a header not yet
+    there), which on a page's ten headers came to a sixth of a small request's own cost.
+    """
+    headers = response.headers
+    wanted = {name.lower() for name, _value in pairs}
+    if any(name.lower() in wanted for name in headers.keys()):
+        for name, _value in pairs:
+            headers.remove(name)
+    headers.extend(pairs)
+
+
+def default_headers(response, pairs) -> None:
+    """Add each (name, value) header the response does not have yet, in one pass."""
+    headers = response.headers
+    present = {name.lower() for name in headers.keys()}
+    headers.extend([(name, value) for name, value in pairs if name.lower() not in present])
+
+
 def add_security_headers(response):
-    # setdefault: a view with special needs (the mailbox's sandboxed mail view) sets its own.
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    # Not no-referrer: Flask-WTF's referrer check on HTTPS needs the Referer (SECURITY.md 8).
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-    if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    default_headers(response, (*SECURITY_HEADERS, HSTS) if request.is_secure else SECURITY_HEADERS)
     return response
 
 

@@ -182,10 +182,9 @@ def record(
 
 
 def _no_store(response):
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Robots-Tag"] = "noindex"
     # The token must not travel on to the site a click leads to.
-    response.headers["Referrer-Policy"] = "no-referrer"
+    hardening.set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex"),
+                                     ("Referrer-Policy", "no-referrer")))
     return response
 
 

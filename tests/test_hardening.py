@@ -150,3 +150,40 @@ def test_text_with_a_nul_character_is_refused_before_the_database(app):
     with pytest.raises(NulCharacter):
         contacts.add_contact("ada@example.com", first_name="A\x00da", method="test", actor="t")
     db.session.rollback()
+
+
+def test_each_header_is_sent_once_and_a_link_pages_own_values_win(client):
+    # A bad link's page goes through the contact pages' own headers and the portal's: the
+    # Referrer-Policy both name, and every other header, appears once.
+    page = client.get("/p/not-a-token")
+    assert page.status_code == 404
+    names = [name.lower() for name, _value in page.headers]
+    assert len(names) == len(set(names)), names
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["X-Robots-Tag"] == "noindex"
+    assert page.headers["Referrer-Policy"] == "same-origin"
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_set_headers_replaces_a_header_whatever_its_case_and_default_headers_keeps_one():
+    from flask import Response
+
+    from portal.hardening import default_headers
+    from portal.hardening import set_headers
+
+    response = Response("x", headers=[("cache-control", "public"),
+                                      ("X-Frame-Options", "SAMEORIGIN")])
+    set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
+    default_headers(response, (("x-frame-options", "DENY"), ("X-Content-Type-Options", "nosniff")))
+    assert response.headers.getlist("Cache-Control") == ["no-store"]
+    assert response.headers.getlist("X-Robots-Tag") == ["noindex"]
+    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert response.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+
+
+def test_strict_transport_security_only_over_https(app):
+    app.config["TRUSTED_HOSTS"] = None
+    plain = app.test_client().get("/", base_url="http://localhost")
+    secure = app.test_client().get("/", base_url="https://localhost")
+    assert "Strict-Transport-Security" not in plain.headers
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"

@@ -34,6 +34,7 @@ from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
 from portal.db import reading_only_from_here
 from portal.db import whole_number
+from portal.hardening import set_headers
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
@@ -78,13 +79,16 @@ CONSENT_METHOD_WORDS = {
 bp.add_app_template_global(form_token, "link_form_token")
 
 
+#: Link pages carry a token in their URL: never cache them, never index them, and never send
+#: the URL to another site (same-origin keeps the Referer for CSRF checks).
+TOKEN_PAGE_HEADERS = (
+    ("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex"), ("Referrer-Policy", "same-origin"),
+)
+
+
 @bp.after_request
 def protect_token_pages(response):
-    # Link pages carry a token in their URL: never cache them, never index them, and never
-    # send the URL to another site (same-origin keeps the Referer for CSRF checks).
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Robots-Tag"] = "noindex"
-    response.headers["Referrer-Policy"] = "same-origin"
+    set_headers(response, TOKEN_PAGE_HEADERS)
     return response
 
 
