@@ -16,9 +16,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
-from flask_babel import get_locale
 from sqlalchemy.orm import selectinload
 
+from portal import i18n
 from portal import rules
 from portal import settings
 from portal.consent import ConsentDefinition
@@ -380,7 +380,7 @@ def page_from(contact: Contact, known: Catalogue, rows, values: dict | None = No
     full = bool(settings_now["page_enabled"]) and known.audience.holds(contact, known.fields,
                                                                       values)
     # The page's language: the wording of the policy and of each consent shown in it (B11).
-    language = str(get_locale() or "")
+    language = i18n.language()
     policy = (settings_now["policy_translations"] or {}).get(language) or settings_now[
         "policy_html"]
     page = Page(contact=contact, full=full, rule_version=known.rule_version,

@@ -17,8 +17,10 @@ from flask_babel import Babel
 from flask_babel import get_locale
 from flask_babel import get_translations
 from jinja2 import pass_context
+from jinja2 import pass_eval_context
 from jinja2.ext import Extension
 from jinja2.lexer import Token
+from markupsafe import Markup
 
 babel = Babel()
 
@@ -29,15 +31,33 @@ _CONSTANT_GETTEXT = (
     ("variable_begin", None), ("name", "_"), ("lparen", None), ("string", None),
     ("rparen", None), ("variable_end", None),
 )
+#: `_("... %(name)s ...", name=...)`: a constant string with placeholders, anywhere.
+_FORMAT_GETTEXT = (("name", "_"), ("lparen", None), ("string", None), ("comma", None))
+
+
+def _matches(window, pattern) -> bool:
+    return len(window) == len(pattern) and all(
+        token.type == kind and (value is None or token.value == value)
+        for token, (kind, value) in zip(window, pattern, strict=True)
+    )
+
+
+@pass_eval_context
+def _translated(eval_context, text: str, **variables) -> str:
+    """Fill a translation's placeholders, as the i18n extension's new-style gettext does."""
+    return (Markup(text) if eval_context.autoescape else text) % variables
 
 
 class CompileTimeGettext(Extension):
-    """Translate `{{ _("constant") }}` while compiling, as the page's language has it.
+    """Translate `_("constant")` while compiling, as the page's language has it.
 
-    The output is what the i18n extension's new-style gettext gives at run time (the
-    translation, marked safe, with `%%` turned into `%`), so nothing changes but the cost: a
-    page has some thirty such strings, each otherwise a call through Flask-Babel per request.
-    Strings with placeholders, or used inside larger expressions, stay calls at run time.
+    `{{ _("text") }}` becomes the text itself: what the i18n extension's new-style gettext
+    gives at run time (the translation, marked safe, with `%%` turned into `%`). A call with
+    placeholders, `_("Hello %(name)s.", name=...)`, keeps only the filling for run time: it
+    becomes `_translated("Hallo %(name)s.", name=...)`, which formats as new-style gettext
+    does (the values escaped in an HTML template). So nothing changes but the cost: a page has
+    some thirty such strings, each otherwise a call through the gettext callables per request.
+    Plural forms, and strings used any other way, stay calls at run time.
     """
 
     def filter_stream(self, stream):
@@ -46,38 +66,50 @@ class CompileTimeGettext(Extension):
             yield from stream
             return
         tokens = list(stream)
-        width = len(_CONSTANT_GETTEXT)
         index = 0
         while index < len(tokens):
-            window = tokens[index:index + width]
-            if len(window) == width and all(
-                token.type == kind and (value is None or token.value == value)
-                for token, (kind, value) in zip(window, _CONSTANT_GETTEXT, strict=True)
-            ):
-                try:
-                    text = translations.ugettext(window[3].value) % {}
-                except (KeyError, TypeError, ValueError):
-                    text = None
+            constant = tokens[index:index + len(_CONSTANT_GETTEXT)]
+            if _matches(constant, _CONSTANT_GETTEXT):
+                text = _translation(translations, constant[3].value, {})
                 if text is not None:
-                    yield Token(window[0].lineno, "data", text)
-                    index += width
+                    yield Token(constant[0].lineno, "data", text)
+                    index += len(constant)
+                    continue
+            call = tokens[index:index + len(_FORMAT_GETTEXT)]
+            if _matches(call, _FORMAT_GETTEXT) and (index == 0 or tokens[index - 1].type != "dot"):
+                text = _translation(translations, call[2].value, None)
+                if text is not None:
+                    yield Token(call[0].lineno, "name", "_translated")
+                    yield call[1]
+                    yield Token(call[2].lineno, "string", text)
+                    index += 3  # the comma and the arguments follow as they are
                     continue
             yield tokens[index]
             index += 1
+
+
+def _translation(translations, message: str, values: dict | None) -> str | None:
+    """Return the translation (formatted with values, unless None), or None to leave the call
+    for run time (a string the formatting would refuse)."""
+    try:
+        text = translations.ugettext(message)
+        return text if values is None else text % values
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class LocalizedEnvironment(Environment):
     """Flask's template environment, keeping one compiled template per language."""
 
     def _load_template(self, name, globals):
-        language = str(get_locale() or "")
-        cache_key = (weakref.ref(self.loader), name, language)
+        code = language()
+        cache_key = (weakref.ref(self.loader), name, code)
         template = self.cache.get(cache_key) if self.cache is not None else None
         if template is not None and (not self.auto_reload or template.is_up_to_date):
             if globals:
                 template.globals.update(globals)
             return template
-        compiling = _compiling.set(get_translations() if language else None)
+        compiling = _compiling.set(get_translations() if code else None)
         try:
             template = self.loader.load(self, name, self.make_globals(globals))
         finally:
@@ -85,6 +117,27 @@ class LocalizedEnvironment(Environment):
         if self.cache is not None:
             self.cache[cache_key] = template
         return template
+
+
+def language() -> str:
+    """Return the current page's language code ("de"), as str(get_locale()) gives it, cheaply.
+
+    A contact's page asks about ten times (which compiled template, which wording, which date
+    format). Flask-Babel's get_locale goes through `g` three times per call and Babel builds
+    the code again for every str(): this reads the locale Flask-Babel keeps for the request
+    (a force_locale's included, which replaces it there) and keeps its code beside it.
+    """
+    try:
+        state = g._flask_babel  # Flask-Babel's own state for this request
+        locale = state.babel_locale
+    except (AttributeError, RuntimeError):
+        locale = None  # not chosen yet in this request, or outside any
+    if locale is None:
+        return str(get_locale() or "")
+    known = state.__dict__.get("portal_language")
+    if known is None or known[0] is not locale:
+        known = state.portal_language = (locale, str(locale))
+    return known[1]
 
 
 def select_locale() -> str:
@@ -154,6 +207,7 @@ def init_app(app) -> None:
     babel.init_app(app, locale_selector=select_locale)
     app.jinja_env.add_extension(CompileTimeGettext)
     app.jinja_env.filters["dateformat"] = _dateformat
+    app.jinja_env.globals["_translated"] = _translated
     # Flask-Babel's template callables look the request's translations up again for every
     # string (some thirty context look-ups per page); these take them from the template's
     # context, where they are put once per render.
@@ -165,7 +219,7 @@ def init_app(app) -> None:
         lambda: {
             "_translations": get_translations(),
             "_locale": get_locale(),
-            "current_locale": lambda: str(get_locale() or "en"),
+            "current_locale": lambda: language() or "en",
             # How long a preference link lives, as told to contacts.
             "link_days": current_app.config["PORTAL_LINK_MAX_AGE"]["manage"] // 86400,
             "confirm_hours": current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"] // 3600,

@@ -212,3 +212,54 @@ def test_preference_page_speaks_the_contacts_language_first(
     assert response.status_code == 200
     assert f'<html lang="{language}">' in page
     assert f"<h1>{_translated(language, MANAGE_HEADING)}</h1>" in page
+
+
+def test_the_page_language_follows_the_request_and_force_locale(app):
+    from flask_babel import force_locale
+    from flask_babel import get_locale
+
+    from portal.i18n import language
+
+    with app.test_request_context("/", headers={"Accept-Language": "fr"}):
+        assert language() == "fr" == str(get_locale())
+        with force_locale("ja"):
+            assert language() == "ja"
+            with force_locale("de"):
+                assert language() == "de"
+            assert language() == "ja"
+        assert language() == "fr"
+
+
+#: Strings of the catalogue as the templates use them: alone, with placeholders (values that
+#: need escaping), inside a statement, and in a part of a template that is not escaped.
+COMPILED_SAMPLE = (
+    '{{ _("Email") }}|{{ _("Hello %(name)s.", name=who) }}|'
+    '{% set line = _("Given on %(date)s, %(how)s.", date=when, how=who) %}{{ line }}|'
+    '{% autoescape false %}{{ _("Hello %(name)s.", name=who) }}{% endautoescape %}'
+)
+
+
+@pytest.mark.parametrize("code", ["en", "de", "fr", "ja"])
+def test_strings_translated_when_compiled_read_as_they_would_at_run_time(app, code):
+    from flask_babel import force_locale
+    from flask_babel import get_translations
+
+    from portal.i18n import _compiling
+
+    values = {"who": "<b>Zoë & co</b>", "when": "1 mars 2026"}
+    with app.test_request_context("/"), force_locale(code):
+        compiling = _compiling.set(get_translations())
+        try:
+            source = app.jinja_env.compile(COMPILED_SAMPLE, raw=True)
+            compiled = app.jinja_env.from_string(COMPILED_SAMPLE)
+        finally:
+            _compiling.reset(compiling)
+        at_run_time = app.jinja_env.from_string(COMPILED_SAMPLE)
+        assert "gettext" not in source and "_translated" in source
+        shown = compiled.render(values)
+        assert shown == at_run_time.render(values)
+    escaped, _statement, raw = shown.split("|")[1:]
+    assert "&lt;b&gt;Zoë &amp; co&lt;/b&gt;" in escaped
+    assert "<b>Zoë & co</b>" in raw
+    if code != "en":
+        assert "Hello" not in shown

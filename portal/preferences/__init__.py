@@ -35,6 +35,7 @@ from portal.db import db
 from portal.db import reading_only_from_here
 from portal.db import whole_number
 from portal.hardening import set_headers
+from portal.i18n import language
 from portal.ledger import Evidence
 from portal.links import TokenExpired
 from portal.links import TokenInvalid
@@ -196,7 +197,7 @@ def _words(language: str) -> tuple[dict, dict]:
 def manage_context(token: str, page, wanted: dict | None = None) -> dict:
     """Return what preferences/manage.html needs: the real page and the staff preview share it."""
     contact = page.contact
-    opt_in_words, method_words = _words(str(get_locale()))
+    opt_in_words, method_words = _words(language())
     return {"token": token, "page": page, "contact": contact,
             "positions": page.positions(wanted),
             "opt_in_words": opt_in_words[OptIn(contact.opt_in_status)],

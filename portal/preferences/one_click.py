@@ -14,13 +14,13 @@ from flask import g
 from flask import redirect
 from flask import render_template
 from flask import url_for
-from flask_babel import get_locale
 
 from portal import csrf
 from portal import lists
 from portal import unsubscribe
 from portal import unsubscribe_lane
 from portal.db import db
+from portal.i18n import language
 from portal.links import TokenInvalid
 from portal.links import make_token
 from portal.preferences import _evidence
@@ -45,7 +45,7 @@ def unsubscribe_page(token: str):
     subscribed = db.session.get(lists.Subscription, (contact.id, mailing_list.id))
     return render_template(
         "preferences/leave.html",
-        list_name=mailing_list.wording(str(get_locale()))[0],
+        list_name=mailing_list.wording(language())[0],
         subscribed=subscribed is not None and subscribed.status == "subscribed",
         one_click=unsubscribe.make_token(contact, mailing_list),
     )
@@ -63,7 +63,7 @@ def one_click(token: str):
     left = unsubscribe_lane.leave(public_id, list_id, evidence)
     if left is not None:
         g.contact_language = left.language
-        return _unsubscribed_page(left.mailing_list.wording(str(get_locale()))[0])
+        return _unsubscribed_page(left.mailing_list.wording(language())[0])
     # Anything but the common case (see unsubscribe_lane): the full path, in the session.
     try:
         contact, mailing_list = unsubscribe.named(public_id, list_id)
@@ -73,7 +73,7 @@ def one_click(token: str):
     unsubscribe.unsubscribe(contact, mailing_list, evidence=evidence)
     # Read before the commit expires it: reading it after would open a second transaction
     # (on SQLite one that takes the write lock again) just to show the list's name.
-    list_name = mailing_list.wording(str(get_locale()))[0]
+    list_name = mailing_list.wording(language())[0]
     # Committed before answering: a mail client takes the 200 as "done".
     db.session.commit()
     return _unsubscribed_page(list_name)
@@ -87,7 +87,7 @@ def _unsubscribed_page(list_name: str) -> str:
     """Return the answer to a one-click POST: the same page for every POST that left a list of
     this name in this language, so it is rendered once (a campaign's POSTs come in bursts)."""
     pages = current_app.extensions.setdefault("unsubscribed_pages", {})
-    key = (str(get_locale()), list_name)
+    key = (language(), list_name)
     page = pages.get(key)
     if page is None:
         if len(pages) >= PAGES_KEPT:
