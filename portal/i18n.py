@@ -31,8 +31,9 @@ _CONSTANT_GETTEXT = (
     ("variable_begin", None), ("name", "_"), ("lparen", None), ("string", None),
     ("rparen", None), ("variable_end", None),
 )
-#: `_("... %(name)s ...", name=...)`: a constant string with placeholders, anywhere.
-_FORMAT_GETTEXT = (("name", "_"), ("lparen", None), ("string", None), ("comma", None))
+#: `_("...")` anywhere else, or `_("... %(name)s ...", name=...)`: a constant string with
+#: or without placeholders (what follows the string is a comma or the closing parenthesis).
+_FORMAT_GETTEXT = (("name", "_"), ("lparen", None), ("string", None))
 
 
 def _matches(window, pattern) -> bool:
@@ -52,12 +53,13 @@ class CompileTimeGettext(Extension):
     """Translate `_("constant")` while compiling, as the page's language has it.
 
     `{{ _("text") }}` becomes the text itself: what the i18n extension's new-style gettext
-    gives at run time (the translation, marked safe, with `%%` turned into `%`). A call with
-    placeholders, `_("Hello %(name)s.", name=...)`, keeps only the filling for run time: it
-    becomes `_translated("Hallo %(name)s.", name=...)`, which formats as new-style gettext
-    does (the values escaped in an HTML template). So nothing changes but the cost: a page has
-    some thirty such strings, each otherwise a call through the gettext callables per request.
-    Plural forms, and strings used any other way, stay calls at run time.
+    gives at run time (the translation, marked safe, with `%%` turned into `%`). Any other
+    call on a constant string, `_("Hello %(name)s.", name=...)` or `_("Hello,")` inside a
+    larger expression, keeps only the formatting for run time: it becomes
+    `_translated("Hallo %(name)s.", name=...)`, which formats as new-style gettext does (the
+    values escaped in an HTML template). So nothing changes but the cost: a page has some
+    thirty such strings, each otherwise a call through the gettext callables per request.
+    Plural forms, and a string that is not a constant, stay calls at run time.
     """
 
     def filter_stream(self, stream):
@@ -76,13 +78,17 @@ class CompileTimeGettext(Extension):
                     index += len(constant)
                     continue
             call = tokens[index:index + len(_FORMAT_GETTEXT)]
-            if _matches(call, _FORMAT_GETTEXT) and (index == 0 or tokens[index - 1].type != "dot"):
+            if (
+                _matches(call, _FORMAT_GETTEXT)
+                and (index == 0 or tokens[index - 1].type != "dot")
+                and index + 3 < len(tokens) and tokens[index + 3].type in ("comma", "rparen")
+            ):
                 text = _translation(translations, call[2].value, None)
                 if text is not None:
                     yield Token(call[0].lineno, "name", "_translated")
                     yield call[1]
                     yield Token(call[2].lineno, "string", text)
-                    index += 3  # the comma and the arguments follow as they are
+                    index += 3  # the arguments, if any, and the parenthesis follow as they are
                     continue
             yield tokens[index]
             index += 1
@@ -158,30 +164,20 @@ def select_locale() -> str:
     return "en"
 
 
-def _translations(context):
-    # Set once per render by the context processor below; a template rendered some other way
-    # (a macro imported without context) asks Flask-Babel.
-    return context.get("_translations") or get_translations()
+def _gettext(message: str) -> str:
+    return get_translations().ugettext(message)
 
 
-@pass_context
-def _gettext(context, message: str) -> str:
-    return _translations(context).ugettext(message)
+def _ngettext(singular: str, plural: str, number: int) -> str:
+    return get_translations().ungettext(singular, plural, number)
 
 
-@pass_context
-def _ngettext(context, singular: str, plural: str, number: int) -> str:
-    return _translations(context).ungettext(singular, plural, number)
+def _pgettext(message_context: str, message: str) -> str:
+    return get_translations().upgettext(message_context, message)
 
 
-@pass_context
-def _pgettext(context, message_context: str, message: str) -> str:
-    return _translations(context).upgettext(message_context, message)
-
-
-@pass_context
-def _npgettext(context, message_context: str, singular: str, plural: str, number: int) -> str:
-    return _translations(context).unpgettext(message_context, singular, plural, number)
+def _npgettext(message_context: str, singular: str, plural: str, number: int) -> str:
+    return get_translations().unpgettext(message_context, singular, plural, number)
 
 
 @pass_context
@@ -208,21 +204,21 @@ def init_app(app) -> None:
     app.jinja_env.add_extension(CompileTimeGettext)
     app.jinja_env.filters["dateformat"] = _dateformat
     app.jinja_env.globals["_translated"] = _translated
-    # Flask-Babel's template callables look the request's translations up again for every
-    # string (some thirty context look-ups per page); these take them from the template's
-    # context, where they are put once per render.
+    # What CompileTimeGettext leaves for run time (plural forms, mostly in the back office).
     app.jinja_env.install_gettext_callables(
         gettext=_gettext, ngettext=_ngettext, pgettext=_pgettext, npgettext=_npgettext,
         newstyle=True,
     )
-    app.context_processor(
-        lambda: {
-            "_translations": get_translations(),
-            "_locale": get_locale(),
-            "current_locale": lambda: language() or "en",
-            # How long a preference link lives, as told to contacts.
-            "link_days": current_app.config["PORTAL_LINK_MAX_AGE"]["manage"] // 86400,
-            "confirm_hours": current_app.config["PORTAL_LINK_MAX_AGE"]["confirm"] // 3600,
-            "undo_hours": current_app.config["PORTAL_LINK_MAX_AGE"]["undo"] // 3600,
-        }
-    )
+    app.context_processor(_template_context)
+
+
+def _template_context() -> dict:
+    max_age = current_app.config["PORTAL_LINK_MAX_AGE"]
+    return {
+        "_locale": get_locale(),
+        "current_locale": lambda: language() or "en",
+        # How long a preference link lives, as told to contacts.
+        "link_days": max_age["manage"] // 86400,
+        "confirm_hours": max_age["confirm"] // 3600,
+        "undo_hours": max_age["undo"] // 3600,
+    }

@@ -231,10 +231,12 @@ def test_the_page_language_follows_the_request_and_force_locale(app):
 
 
 #: Strings of the catalogue as the templates use them: alone, with placeholders (values that
-#: need escaping), inside a statement, and in a part of a template that is not escaped.
+#: need escaping), inside a statement and a larger expression, and in a part of a template
+#: that is not escaped.
 COMPILED_SAMPLE = (
     '{{ _("Email") }}|{{ _("Hello %(name)s.", name=who) }}|'
-    '{% set line = _("Given on %(date)s, %(how)s.", date=when, how=who) %}{{ line }}|'
+    '{% set line = _("Given on %(date)s, %(how)s.", date=when, how=who) %}{{ line }}'
+    '{{ _("Hello,") if when else none }}|'
     '{% autoescape false %}{{ _("Hello %(name)s.", name=who) }}{% endautoescape %}'
 )
 
