@@ -8,6 +8,7 @@ from flask_wtf import CSRFProtect
 from portal import i18n
 from portal.keys import ConfigError
 from portal.sessions import CookieSessions
+from portal.sessions import flashed_messages
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -57,6 +58,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
 
     cli.init_app(app)
     app.add_template_global(_static_url, "static_url")
+    app.add_template_global(flashed_messages)
     return app
 
 

@@ -62,6 +62,12 @@ def test_sign_in_and_out(client, admin):
     assert client.get("/staff/").status_code == 302
 
 
+def test_staff_pages_vary_on_the_session_cookie(client, admin):
+    assert "Cookie" in client.get("/staff/sign-in").headers["Vary"]
+    sign_in(client, admin.email, PASSWORD)
+    assert "Cookie" in client.get("/staff/").headers["Vary"]
+
+
 def test_session_cookie_is_renewed_at_sign_in(client, admin):
     client.get("/staff/sign-in")
     before = client.get_cookie("session").value

@@ -998,6 +998,21 @@ def test_a_first_visit_from_an_email_sets_no_cookie_and_its_form_still_saves(app
     assert state(world.ada)["lists"]["news"] == "unsubscribed"
 
 
+def test_a_page_opens_no_session_unless_its_request_brings_one_with_a_message(client, world):
+    path = manage_path(world.ada)
+    page = client.get(path)
+    # Nothing in the answer depends on a cookie, so it does not vary on one.
+    assert "Cookie" not in page.headers.get("Vary", "")
+    _action, form = read_form(page.text)
+    form.pop("list:news")
+    saved = client.post(path, data=form)
+    assert saved.status_code == 303 and saved.headers.getlist("Set-Cookie")  # the message
+    after = client.get(path)
+    assert "Your changes are saved." in flashes(after)
+    assert "Cookie" in after.headers["Vary"]
+    assert "Your changes are saved." not in flashes(client.get(path))  # shown once
+
+
 def test_a_form_token_from_another_contacts_page_asks_to_review(client, world):
     bob = add_contact("bob@example.com", first_name="Bob", language="en")
     db.session.commit()
