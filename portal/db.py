@@ -432,6 +432,10 @@ class DriverStatement:
         selected = statement.selected_columns if isinstance(statement, sa.Selectable) else ()
         self.readers = [column.type.dialect_impl(dialect).result_processor(dialect, None)
                         for column in selected]
+        # Only the columns whose type converts what the driver gives (SQLite's datetimes).
+        self._converting = tuple(
+            (index, reader) for index, reader in enumerate(self.readers) if reader is not None
+        )
 
     def run(self, cursor, values: dict):
         values = {
@@ -458,8 +462,15 @@ class DriverStatement:
 
     def read(self, row: tuple) -> tuple:
         """Return a row of this SELECT's result with each value converted by its type."""
-        return tuple(value if reader is None or value is None else reader(value)
-                     for reader, value in zip(self.readers, row, strict=True))
+        if len(row) != len(self.readers):
+            raise ValueError(f"a row of {len(row)} values for {len(self.readers)} columns")
+        if not self._converting:
+            return tuple(row)
+        values = list(row)
+        for index, reader in self._converting:
+            if values[index] is not None:
+                values[index] = reader(values[index])
+        return tuple(values)
 
 
 def _refuse_nul_characters(engine: sa.Engine) -> None:

@@ -164,3 +164,24 @@ def test_a_detached_row_reads_as_its_model_even_as_the_processs_first_instance()
                             cwd=Path(__file__).resolve().parent.parent, timeout=60)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.split() == ["7", "Neuigkeiten", "News", "None"]
+
+
+def test_a_driver_statement_reads_each_value_as_its_column_type_does():
+    from datetime import UTC
+    from datetime import datetime
+
+    from portal.db import DriverStatement
+    from portal.db import UTCDateTime
+
+    table = sa.Table("sample", sa.MetaData(), sa.Column("id", sa.Integer),
+                     sa.Column("name", sa.String), sa.Column("at", UTCDateTime))
+    dialect = sa.create_engine("sqlite://").dialect
+    statement = DriverStatement(sa.select(table), dialect)
+    # SQLite hands the datetime over as text: it comes back aware, in UTC.
+    assert statement.read((1, "a", "2026-12-07 19:00:00.000000")) == (
+        1, "a", datetime(2026, 12, 7, 19, tzinfo=UTC))
+    assert statement.read((2, None, None)) == (2, None, None)
+    with pytest.raises(ValueError, match="a row of 2 values for 3 columns"):
+        statement.read((1, "a"))
+    names = DriverStatement(sa.select(table.c.id, table.c.name), dialect)
+    assert names.read([3, "b"]) == (3, "b")
