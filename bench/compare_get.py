@@ -34,10 +34,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from preference_page import Phase  # noqa: E402
 from preference_page import Server  # noqa: E402
+from preference_page import _demo_database  # noqa: E402
 from preference_page import _drive  # noqa: E402
 from preference_page import _free_port  # noqa: E402
-from preference_page import _portal_environment  # noqa: E402
-from preference_page import _run  # noqa: E402
 
 
 def main() -> int:
@@ -63,10 +62,7 @@ def main() -> int:
     servers: dict[str, Server] = {}
     try:
         hello_port, this_port, other_port = _free_port(), _free_port(), _free_port()
-        env = _portal_environment(f"sqlite:///{work / 'portal.sqlite3'}", this_port)
-        _run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], env, "migration")
-        _run([str(BIN / "python"), str(BENCH / "data.py"), str(work / "data"), "--demo"], env,
-             "loading data")
+        env = _demo_database(work, this_port)
         data = work / "data"
         servers["this checkout"] = Server("this checkout", "wsgi:app", this_port, args, env, ROOT,
                                           work / "this.log")

@@ -40,8 +40,7 @@ ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from preference_page import _portal_environment  # noqa: E402
-from preference_page import _run  # noqa: E402
+from preference_page import _demo_database  # noqa: E402
 
 PORT = 5000
 KINDS = ("hello", "constant", "page")
@@ -102,10 +101,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     try:
-        env = _portal_environment(f"sqlite:///{work / 'portal.sqlite3'}", PORT)
-        _run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], env, "migration")
-        _run([str(BIN / "python"), str(BENCH / "data.py"), str(work / "data"), "--demo"], env,
-             "loading data")
+        env = _demo_database(work, PORT)
         portal = {name: value for name, value in env.items() if name.startswith("FLASK_")}
         # One catalogue read for the whole run: a read every few seconds would fall on one
         # run and not the other, as valgrind's slowness stretches them.

@@ -39,8 +39,7 @@ ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from preference_page import _portal_environment  # noqa: E402
-from preference_page import _run  # noqa: E402
+from preference_page import _demo_database  # noqa: E402
 
 PORT = 5000
 
@@ -86,10 +85,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-page-parts-"))
     try:
-        env = _portal_environment(f"sqlite:///{work / 'portal.sqlite3'}", PORT)
-        _run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], env, "migration")
-        _run([str(BIN / "python"), str(BENCH / "data.py"), str(work / "data"), "--demo"], env,
-             "loading data")
+        env = _demo_database(work, PORT)
         os.environ.update({name: value for name, value in env.items()
                            if name.startswith("FLASK_")})
         tokens = (work / "data" / "get-tokens.txt").read_text().split()

@@ -171,6 +171,16 @@ def _run(command: list, env: dict, what: str) -> None:
         print("  " + result.stderr.strip().splitlines()[-1])
 
 
+def _demo_database(work: Path, port: int) -> dict[str, str]:
+    """Make a SQLite database in `work`, migrated and holding the demo data (data.py --demo,
+    into work/data), and return the production-like environment it was made with."""
+    env = _portal_environment(f"sqlite:///{work / 'portal.sqlite3'}", port)
+    _run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], env, "migration")
+    _run([str(BIN / "python"), str(BENCH / "data.py"), str(work / "data"), "--demo"], env,
+         "loading data")
+    return env
+
+
 class Server:
     """One gunicorn, in its own process group so that its workers stop with it."""
 
