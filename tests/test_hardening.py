@@ -182,7 +182,6 @@ def test_set_headers_replaces_a_header_whatever_its_case_and_default_headers_kee
 
 
 def test_strict_transport_security_only_over_https(app):
-    app.config["TRUSTED_HOSTS"] = None
     plain = app.test_client().get("/", base_url="http://localhost")
     secure = app.test_client().get("/", base_url="https://localhost")
     assert "Strict-Transport-Security" not in plain.headers
