@@ -182,20 +182,21 @@ def _npgettext(message_context: str, singular: str, plural: str, number: int) ->
 
 @pass_context
 def _dateformat(context, value, format: str = "medium") -> str:
-    """Flask-Babel's `dateformat` filter, with the locale looked up once per render.
+    """Flask-Babel's `dateformat` filter, with the language looked up once per render.
 
     Dates are shown in UTC, the portal's BABEL_DEFAULT_TIMEZONE.
     """
     if isinstance(value, datetime):
         value = (value.astimezone(UTC) if value.tzinfo is not None else value).date()
-    return _formatted_date(value, format, context.get("_locale") or get_locale() or "en")
+    return _formatted_date(value, format, context.get("_language") or language() or "en")
 
 
 @lru_cache(maxsize=4096)
-def _formatted_date(value: date, format: str, locale) -> str:
+def _formatted_date(value: date, format: str, code: str) -> str:
     # The same few dates recur on every page (a consent given on launch day, say), and Babel
-    # reads its pattern and the month's name afresh each time.
-    return format_date(value, format, locale=locale)
+    # reads its pattern and the month's name afresh each time. Kept by the language's code:
+    # comparing Babel's Locale objects as keys costs more than formatting a cached date.
+    return format_date(value, format, locale=code)
 
 
 def init_app(app) -> None:
@@ -215,7 +216,7 @@ def init_app(app) -> None:
 def _template_context() -> dict:
     max_age = current_app.config["PORTAL_LINK_MAX_AGE"]
     return {
-        "_locale": get_locale(),
+        "_language": language(),
         "current_locale": lambda: language() or "en",
         # How long a preference link lives, as told to contacts.
         "link_days": max_age["manage"] // 86400,
