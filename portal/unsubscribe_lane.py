@@ -86,8 +86,8 @@ _EVIDENCE = ledger.LedgerEvidence.__table__
 #: The event's columns, bound as "ledger_<column>" in the one-statement write below.
 _EVENT_VALUES = {column.key: sa.bindparam(f"ledger_{column.key}", type_=column.type)
                  for column in _EVENTS.columns}
-_EVIDENCE_VALUES = {"event_id": sa.bindparam("event_id"), "ip_address": sa.bindparam("ip_address"),
-                    "user_agent": sa.bindparam("user_agent")}
+_EVIDENCE_COLUMNS = ("event_id", "ip_address", "user_agent")  # what ledger.evidence_row gives
+_EVIDENCE_VALUES = {name: sa.bindparam(name) for name in _EVIDENCE_COLUMNS}
 
 
 def _one_statement(with_evidence: bool):
@@ -125,7 +125,7 @@ def _statements(dialect: sa.Dialect) -> _Statements:
             sa.insert(_EVENTS), dialect, [column.key for column in _EVENTS.columns]
         ),
         insert_evidence=DriverStatement(
-            sa.insert(_EVIDENCE), dialect, ["event_id", "ip_address", "user_agent"]
+            sa.insert(_EVIDENCE), dialect, list(_EVIDENCE_COLUMNS)
         ),
         leave=DriverStatement(lists.MOVE_SUBSCRIPTION, dialect),
         move_head=DriverStatement(ledger.MOVE_HEAD, dialect),

@@ -208,15 +208,20 @@ def manage_context(token: str, page, wanted: dict | None = None) -> dict:
 @bp.get("/p/<token>")
 def manage(token: str):
     """Show a contact their email options, the policy, their consents and their rights."""
-    payload = _payload_of("manage", token)
-    # Most often in two statements on the driver's cursor; else through the session.
+    page = _page_of(token, _payload_of("manage", token))
+    return render_template("preferences/manage.html", **manage_context(token, page))
+
+
+def _page_of(token: str, payload: dict, contact=None):
+    """Return the page of the contact a checked manage link names: most often read by the page
+    lane, in two statements on the driver's cursor (on SQLite without the write lock, as the
+    htmx save's answer needs it after its commit); else through the session, for the contact
+    given or the one the link opens (BadLink if none)."""
     found = page_lane.read(payload)
     if found is None:
-        page = page_for(_contact_of("manage", token, payload))
-    else:
-        g.contact_language = found.contact.language  # before the page asks for the language
-        page = found.page()
-    return render_template("preferences/manage.html", **manage_context(token, page))
+        return page_for(contact or _contact_of("manage", token, payload))
+    g.contact_language = found.contact.language  # before the page asks for the language
+    return found.page()
 
 
 @bp.post("/p/<token>")
@@ -257,7 +262,7 @@ def save(token: str):
                            page=stale.page, wanted=wanted, now=changes.summary(stale.page))
     db.session.commit()
     reading_only_from_here()
-    after = _page_after_save(contact, payload) if htmx.wants_fragment() else None
+    after = _page_of(token, payload, contact) if htmx.wants_fragment() else None
     messages = []
     if outcome.withdrawn:
         messages.append(_("Your changes are saved. We sent you an email with a link to undo "
@@ -282,13 +287,6 @@ def save(token: str):
     context = manage_context(token, after, wanted=choices if toggled else None)
     return htmx.render("preferences/manage.html", "preferences/_form.html",
                        messages=messages, **context)
-
-
-def _page_after_save(contact, payload: dict):
-    """Return the contact's page as the save left it: read by the page lane, which takes no
-    write lock on SQLite, else through the session."""
-    found = page_lane.read(payload)
-    return found.page() if found is not None else page_for(contact)
 
 
 def _toggled() -> bool:

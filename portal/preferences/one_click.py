@@ -9,6 +9,8 @@ old body link) lands on a page with one button that leaves that list, and shows 
 of the contact (M7: the token can do nothing but unsubscribe).
 """
 
+from contextlib import contextmanager
+
 from flask import current_app
 from flask import g
 from flask import redirect
@@ -28,13 +30,20 @@ from portal.preferences import bp
 from portal.preferences import refused
 
 
+@contextmanager
+def _bad_link_unless_valid(token: str):
+    """Answer a TokenInvalid raised inside with the bad-link page (404), logged by a digest."""
+    try:
+        yield
+    except TokenInvalid as error:
+        raise refused("unsubscribe", token, str(error)) from None
+
+
 @bp.get("/o/<token>")
 def unsubscribe_page(token: str):
     """Land on the preference page with the link's list highlighted, or on its one button."""
-    try:
+    with _bad_link_unless_valid(token):
         contact, mailing_list, opens_page = unsubscribe.read_landing(token)
-    except TokenInvalid as error:
-        raise refused("unsubscribe", token, str(error)) from None
     g.contact_language = contact.language
     if opens_page:
         # The body link outlives a page link's age: a fresh page link is made here.
@@ -55,20 +64,16 @@ def unsubscribe_page(token: str):
 @csrf.exempt  # RFC 8058: the mail client's POST carries no token; this link can only unsubscribe
 def one_click(token: str):
     """Leave the link's list at once and say so, with no redirect and no cookie."""
-    try:
+    with _bad_link_unless_valid(token):
         public_id, list_id = unsubscribe.token_ids(token)
-    except TokenInvalid as error:
-        raise refused("unsubscribe", token, str(error)) from None
     evidence = _evidence()
     left = unsubscribe_lane.leave(public_id, list_id, evidence)
     if left is not None:
         g.contact_language = left.language
         return _unsubscribed_page(left.mailing_list.wording(language())[0])
     # Anything but the common case (see unsubscribe_lane): the full path, in the session.
-    try:
+    with _bad_link_unless_valid(token):
         contact, mailing_list = unsubscribe.named(public_id, list_id)
-    except TokenInvalid as error:
-        raise refused("unsubscribe", token, str(error)) from None
     g.contact_language = contact.language
     unsubscribe.unsubscribe(contact, mailing_list, evidence=evidence)
     # Read before the commit expires it: reading it after would open a second transaction
