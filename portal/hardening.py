@@ -123,6 +123,34 @@ def add_security_headers(response):
     return response
 
 
+#: The blueprints whose views have limits of their own (a decorator's): staff sign-in.
+LIMITED_BLUEPRINTS = ("backoffice",)
+
+
+def _init_limiter(app) -> None:
+    """Install Flask-Limiter, its hooks running only where some limit can apply.
+
+    Every limit of ours is a view's own, checked by its decorator, or a quiet count
+    (quietly_allowed). Without a default or application-wide limit, the limiter's check
+    before every request has nothing to do; its look at every answer (for the X-RateLimit
+    headers of the limit just checked) and its cleanup after every request have something
+    to do only on the views with limits. On every other request (a contact's page, a
+    one-click unsubscribe) they cost about a fiftieth of the request (bench/instructions.py).
+    """
+    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    had = [list(registry.get(None, ())) for registry in hooks]
+    limiter.init_app(app)
+    if app.config.get("RATELIMIT_DEFAULT") or app.config.get("RATELIMIT_APPLICATION"):
+        return
+    for registry, before in zip(hooks, had, strict=True):
+        added = [hook for hook in registry.get(None, ()) if hook not in before]
+        for hook in added:
+            registry[None].remove(hook)
+            if registry is not app.before_request_funcs:
+                for blueprint in LIMITED_BLUEPRINTS:
+                    registry.setdefault(blueprint, []).append(hook)
+
+
 def render_error(error):
     """Render a friendly error page with the error's own status."""
     if isinstance(error, CSRFError):
@@ -180,12 +208,7 @@ def init_app(app) -> None:
     hops = app.config["PORTAL_PROXY_HOPS"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
-    limiter.init_app(app)
-    if not app.config.get("RATELIMIT_DEFAULT") and not app.config.get("RATELIMIT_APPLICATION"):
-        # Every limit of ours is a view's own, checked by its decorator, or a quiet count:
-        # without a default or application-wide limit, the limiter's check before every
-        # request has nothing to do, yet costs a tenth of a millisecond on every contact page.
-        app.before_request_funcs[None].remove(limiter._check_request_limit)
+    _init_limiter(app)
     app.after_request(add_security_headers)
     for code in ERRORS:
         app.register_error_handler(code, render_error)

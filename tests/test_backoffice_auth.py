@@ -115,6 +115,18 @@ def test_sign_in_is_rate_limited(client, admin):
     assert statuses[-1] == 429
 
 
+def test_sign_in_tells_its_limit_and_no_other_page_does(client, admin):
+    # The limiter's hooks run on the back office's requests only (hardening._init_limiter):
+    # there its headers tell the sign-in limit that was just counted.
+    first = sign_in(client, admin.email, "wrong password!")
+    second = sign_in(client, admin.email, "wrong password!")
+    assert first.headers["X-RateLimit-Limit"] == "10"
+    assert [int(each.headers["X-RateLimit-Remaining"]) for each in (first, second)] == [9, 8]
+    # Elsewhere nothing is limited by a decorator, and no answer tells a limit.
+    assert "X-RateLimit-Limit" not in client.get("/").headers
+    assert "X-RateLimit-Limit" not in client.get("/staff/sign-in").headers
+
+
 def test_sign_in_without_csrf_token_is_refused_kindly(client, admin):
     response = client.post("/staff/sign-in", data={"email": admin.email, "password": PASSWORD})
     assert response.status_code == 400
