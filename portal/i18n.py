@@ -1,5 +1,6 @@
 """Languages (B11): the contact's own language, then the browser's, then English."""
 
+import re
 import weakref
 from contextvars import ContextVar
 from datetime import UTC
@@ -21,6 +22,7 @@ from jinja2 import pass_eval_context
 from jinja2.ext import Extension
 from jinja2.lexer import Token
 from markupsafe import Markup
+from markupsafe import escape
 
 babel = Babel()
 
@@ -34,6 +36,8 @@ _CONSTANT_GETTEXT = (
 #: `_("...")` anywhere else, or `_("... %(name)s ...", name=...)`: a constant string with
 #: or without placeholders (what follows the string is a comma or the closing parenthesis).
 _FORMAT_GETTEXT = (("name", "_"), ("lparen", None), ("string", None))
+#: A placeholder's conversion: "s" in "%(name)s", "d" in "%(count)d" ("%%" is none).
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?([a-zA-Z%])")
 
 
 def _matches(window, pattern) -> bool:
@@ -46,7 +50,18 @@ def _matches(window, pattern) -> bool:
 @pass_eval_context
 def _translated(eval_context, text: str, **variables) -> str:
     """Fill a translation's placeholders, as the i18n extension's new-style gettext does."""
-    return (Markup(text) if eval_context.autoescape else text) % variables
+    if not eval_context.autoescape:
+        return text % variables
+    if _only_text_placeholders(text):
+        # What Markup's formatting makes of %(name)s, without wrapping every value in a
+        # helper object first: each value escaped, then put in its place.
+        return Markup(text % {name: escape(value) for name, value in variables.items()})
+    return Markup(text) % variables  # %(count)d and the like: Markup converts for them
+
+
+@lru_cache(maxsize=1024)
+def _only_text_placeholders(text: str) -> bool:
+    return all(kind in ("s", "%") for kind in _PLACEHOLDER.findall(text))
 
 
 class CompileTimeGettext(Extension):

@@ -10,6 +10,7 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
+from markupsafe import Markup
 
 from portal import contacts
 from portal.db import db
@@ -237,7 +238,8 @@ COMPILED_SAMPLE = (
     '{{ _("Email") }}|{{ _("Hello %(name)s.", name=who) }}|'
     '{% set line = _("Given on %(date)s, %(how)s.", date=when, how=who) %}{{ line }}'
     '{{ _("Hello,") if when else none }}|'
-    '{% autoescape false %}{{ _("Hello %(name)s.", name=who) }}{% endautoescape %}'
+    '{% autoescape false %}{{ _("Hello %(name)s.", name=who) }}{% endautoescape %}|'
+    '{{ _("%(count)d locked records", count=count) }}'
 )
 
 
@@ -248,7 +250,7 @@ def test_strings_translated_when_compiled_read_as_they_would_at_run_time(app, co
 
     from portal.i18n import _compiling
 
-    values = {"who": "<b>Zoë & co</b>", "when": "1 mars 2026"}
+    values = {"who": "<b>Zoë & co</b>", "when": "1 mars 2026", "count": 3}
     with app.test_request_context("/"), force_locale(code):
         compiling = _compiling.set(get_translations())
         try:
@@ -260,8 +262,29 @@ def test_strings_translated_when_compiled_read_as_they_would_at_run_time(app, co
         assert "gettext" not in source and "_translated" in source
         shown = compiled.render(values)
         assert shown == at_run_time.render(values)
-    escaped, _statement, raw = shown.split("|")[1:]
+    escaped, _statement, raw, number = shown.split("|")[1:]
+    assert "3" in number
     assert "&lt;b&gt;Zoë &amp; co&lt;/b&gt;" in escaped
     assert "<b>Zoë & co</b>" in raw
     if code != "en":
         assert "Hello" not in shown
+
+
+@pytest.mark.parametrize("text, variables", [
+    ("Hello %(name)s.", {"name": "<b>Zoë & co</b>"}),
+    ("Hello %(name)s.", {"name": Markup("<b>kept</b>")}),
+    ("Given on %(date)s, %(how)s.", {"date": "1. März", "how": "it's \"quoted\""}),
+    ("%(count)d locked records, 100%% sure", {"count": 3}),
+    ("%(share)s%% of %(count)d", {"share": "<50", "count": 7}),
+    ("%(count)s records", {"count": 12}),
+])
+def test_a_translation_is_filled_as_new_style_gettext_fills_it(app, text, variables):
+    from jinja2.nodes import EvalContext
+
+    from portal.i18n import _translated
+
+    escaped, plain = EvalContext(app.jinja_env), EvalContext(app.jinja_env)
+    escaped.autoescape, plain.autoescape = True, False
+    filled = _translated(escaped, text, **variables)
+    assert filled == Markup(text) % variables and isinstance(filled, Markup)
+    assert _translated(plain, text, **variables) == text % variables
