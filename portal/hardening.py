@@ -7,7 +7,6 @@ from urllib.parse import urlsplit
 
 from flask import Request
 from flask import render_template
-from flask import request
 from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_limiter import Limiter
@@ -111,16 +110,35 @@ def set_headers(response, pairs) -> None:
     headers.extend(pairs)
 
 
-def default_headers(response, pairs) -> None:
-    """Add each (name, value) header the response does not have yet, in one pass."""
-    headers = response.headers
-    present = {name.lower() for name in headers.keys()}
-    headers.extend([(name, value) for name, value in pairs if name.lower() not in present])
+class SecurityHeaders:
+    """WSGI middleware: every answer gets SECURITY_HEADERS (and HSTS over HTTPS), but for a
+    header of the same name it set itself (the mailbox's sandboxed mail view sets its own
+    Content-Security-Policy, a link's page its own Referrer-Policy).
+
+    They are added to the finished list of headers the server is handed: added through
+    Werkzeug's Headers after each request, each constant was checked for line breaks again and
+    looked for among the others, some 80k instructions a request (bench/instructions.py): an
+    eighth of a route that returns a constant, a fortieth of a contact's page.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        ours = _SECURE_HEADERS if environ.get("wsgi.url_scheme") in ("https", "wss") else (
+            _PLAIN_HEADERS)
+
+        def start(status, headers, exc_info=None):
+            present = {name.lower() for name, _value in headers}
+            added = [pair for name, pair in ours if name not in present]
+            return start_response(status, headers + added, exc_info)
+
+        return self.app(environ, start)
 
 
-def add_security_headers(response):
-    default_headers(response, (*SECURITY_HEADERS, HSTS) if request.is_secure else SECURITY_HEADERS)
-    return response
+#: (lower-case name, header) of what SecurityHeaders adds, over HTTP and over HTTPS.
+_PLAIN_HEADERS = tuple((name.lower(), (name, value)) for name, value in SECURITY_HEADERS)
+_SECURE_HEADERS = (*_PLAIN_HEADERS, (HSTS[0].lower(), HSTS))
 
 
 #: The blueprints whose views have limits of their own (a decorator's): staff sign-in.
@@ -205,11 +223,11 @@ def init_app(app) -> None:
     if app.config.get("TRUSTED_HOSTS") is None and not app.testing:
         host = urlsplit(app.config["PORTAL_BASE_URL"]).hostname
         app.config["TRUSTED_HOSTS"] = [host, "localhost"] if app.config["PORTAL_DEMO"] else [host]
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)
     hops = app.config["PORTAL_PROXY_HOPS"]
-    if hops:
+    if hops:  # outside SecurityHeaders, which reads the scheme ProxyFix sets
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     _init_limiter(app)
-    app.after_request(add_security_headers)
     for code in ERRORS:
         app.register_error_handler(code, render_error)
     app.register_error_handler(CSRFError, render_error)

@@ -165,20 +165,37 @@ def test_each_header_is_sent_once_and_a_link_pages_own_values_win(client):
     assert page.headers["X-Frame-Options"] == "DENY"
 
 
-def test_set_headers_replaces_a_header_whatever_its_case_and_default_headers_keeps_one():
+def test_set_headers_replaces_a_header_whatever_its_case():
     from flask import Response
 
-    from portal.hardening import default_headers
     from portal.hardening import set_headers
 
     response = Response("x", headers=[("cache-control", "public"),
                                       ("X-Frame-Options", "SAMEORIGIN")])
     set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
-    default_headers(response, (("x-frame-options", "DENY"), ("X-Content-Type-Options", "nosniff")))
     assert response.headers.getlist("Cache-Control") == ["no-store"]
     assert response.headers.getlist("X-Robots-Tag") == ["noindex"]
     assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
-    assert response.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_security_headers_are_added_to_any_answer_that_lacks_them(scheme):
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Response
+
+    from portal.hardening import SECURITY_HEADERS
+    from portal.hardening import SecurityHeaders
+
+    # An answer with a header of its own (in another case) keeps it, alone; the others come.
+    inner = Response("x", headers=[("x-frame-options", "SAMEORIGIN")])
+    answer = Client(SecurityHeaders(inner)).get("/", base_url=f"{scheme}://localhost")
+    assert answer.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    for name, value in SECURITY_HEADERS:
+        if name != "X-Frame-Options":
+            assert answer.headers.getlist(name) == [value]
+    hsts = answer.headers.getlist("Strict-Transport-Security")
+    assert hsts == (["max-age=31536000"] if scheme == "https" else [])
+    assert answer.get_data() == b"x"
 
 
 def test_strict_transport_security_only_over_https(app):
