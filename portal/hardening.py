@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from flask import Request
 from flask import render_template
+from flask import request
 from flask.globals import request_ctx
 from flask_babel import lazy_gettext as _l
 from flask_limiter import Limiter
@@ -129,11 +130,31 @@ class SecurityHeaders:
             _PLAIN_HEADERS)
 
         def start(status, headers, exc_info=None):
+            replacing = environ.get(_ANSWER_HEADERS)
+            if replacing is not None:
+                names = {name.lower() for name, _value in replacing}
+                headers = [pair for pair in headers if pair[0].lower() not in names]
+                headers += replacing
             present = {name.lower() for name, _value in headers}
             added = [pair for name, pair in ours if name not in present]
             return start_response(status, headers + added, exc_info)
 
         return self.app(environ, start)
+
+
+#: Where answer_headers leaves the headers for SecurityHeaders, in the request's environ.
+_ANSWER_HEADERS = "portal.answer_headers"
+
+
+def answer_headers(pairs: tuple) -> None:
+    """Have this request's answer carry each (name, value) header, replacing any header of
+    that name (the view's own included), as set_headers would on the response.
+
+    For the headers a whole blueprint's answers carry (a link's page: no-store, noindex):
+    SecurityHeaders adds them to the list handed to the server, without Werkzeug's checks of
+    each constant and its walks of the response's headers.
+    """
+    request.environ[_ANSWER_HEADERS] = pairs
 
 
 #: (lower-case name, header) of what SecurityHeaders adds, over HTTP and over HTTPS.

@@ -198,6 +198,32 @@ def test_security_headers_are_added_to_any_answer_that_lacks_them(scheme):
     assert answer.get_data() == b"x"
 
 
+def test_a_blueprints_answer_headers_replace_the_views_own(tmp_path):
+    from flask import Blueprint
+
+    from portal.hardening import answer_headers
+
+    app = create_app(make_config(f"sqlite:///{tmp_path}/h.sqlite3"))
+    pages = Blueprint("answer_headers_test", __name__)
+
+    @pages.route("/own-headers")
+    def own_headers():
+        return "x", 200, {"cache-control": "public, max-age=600", "X-Robots-Tag": "all"}
+
+    @pages.after_request
+    def private(response):
+        answer_headers((("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
+        return response
+
+    app.register_blueprint(pages)
+    answer = app.test_client().get("/own-headers")
+    assert answer.headers.getlist("Cache-Control") == ["no-store"]
+    assert answer.headers.getlist("X-Robots-Tag") == ["noindex"]
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"  # the defaults still come
+    names = [name.lower() for name, _value in answer.headers]
+    assert len(names) == len(set(names)), names
+
+
 def test_strict_transport_security_only_over_https(app):
     plain = app.test_client().get("/", base_url="http://localhost")
     secure = app.test_client().get("/", base_url="https://localhost")

@@ -34,7 +34,7 @@ from portal.db import READ_ONLY_BLUEPRINTS
 from portal.db import db
 from portal.db import reading_only_from_here
 from portal.db import whole_number
-from portal.hardening import set_headers
+from portal.hardening import answer_headers
 from portal.i18n import language
 from portal.ledger import Evidence
 from portal.links import TokenExpired
@@ -89,7 +89,7 @@ TOKEN_PAGE_HEADERS = (
 
 @bp.after_request
 def protect_token_pages(response):
-    set_headers(response, TOKEN_PAGE_HEADERS)
+    answer_headers(TOKEN_PAGE_HEADERS)
     return response
 
 

@@ -28,7 +28,7 @@ from portal import csrf
 from portal import optin
 from portal import webforms
 from portal.db import db
-from portal.hardening import set_headers
+from portal.hardening import answer_headers
 from portal.ledger import Evidence
 from portal.mail import MessageRejected
 
@@ -59,7 +59,7 @@ class SignupForm(FlaskForm):
 @bp.after_request
 def never_cache(response):
     # Answers to a form post name nobody, but must never be cached or indexed.
-    set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
+    answer_headers((("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
     return response
 
 
