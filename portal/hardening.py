@@ -173,8 +173,8 @@ def _init_limiter(app) -> None:
     (quietly_allowed). Without a default or application-wide limit, the limiter's check
     before every request has nothing to do; its look at every answer (for the X-RateLimit
     headers of the limit just checked) and its cleanup after every request have something
-    to do only on the views with limits. On every other request (a contact's page, a
-    one-click unsubscribe) they cost about a fiftieth of the request (bench/instructions.py).
+    to do only on the views with limits. On every other request they cost about a fortieth of
+    a contact's page and an eighth of a route returning a constant (bench/instructions.py).
     """
     hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
     had = [list(registry.get(None, ())) for registry in hooks]
