@@ -395,7 +395,13 @@ def test_a_reveal_shows_the_value_once_and_is_logged_without_it(agent_client, pe
         "card_number",
         f"staff:{user.id}",
     )
-    assert "1234" not in " ".join(str(v) for v in vars(event).values())
+    # No digit group of the value in any of the event's words (its hashes, its time and the
+    # ORM's state left out: a hex digest, a microsecond count or a memory address holds "1234"
+    # now and then, by chance).
+    chance = {"hash", "prev_hash", "evidence_digest", "text_sha256", "occurred_at"}
+    words = " ".join(str(value) for name, value in vars(event).items()
+                     if name not in chance and not name.startswith("_"))
+    assert not any(group in words for group in ("4111", "1111", "1234"))
     evidence = db.session.get(ledger.LedgerEvidence, event.id)
     assert evidence.ip_address is not None
     # The next visit shows the mask again.
