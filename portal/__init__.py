@@ -6,6 +6,7 @@ from flask import request
 from flask import url_for
 from flask_wtf import CSRFProtect
 
+from portal import hooks
 from portal import i18n
 from portal.keys import ConfigError
 from portal.sessions import CookieSessions
@@ -69,12 +70,8 @@ def _init_csrf(app: Flask) -> None:
     Its check before every request looks up whether the view is exempt before it looks at
     the method, so every GET (each contact's page) paid for a lookup that cannot matter.
     """
-    before = list(app.before_request_funcs.get(None, ()))
-    csrf.init_app(app)
-    hooks = app.before_request_funcs[None]
-    for index, hook in enumerate(hooks):
-        if hook not in before:
-            hooks[index] = _on_checked_methods(hook)
+    for registry, hook in hooks.installed(app, csrf.init_app):
+        hooks.replace(registry, hook, _on_checked_methods(hook))
 
 
 def _on_checked_methods(check):

@@ -20,6 +20,7 @@ from werkzeug.exceptions import InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from portal import hooks
 from portal.db import INTEGER_MAX
 from portal.db import NulCharacter
 from portal.db import db
@@ -95,22 +96,6 @@ SECURITY_HEADERS = (
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
 
 
-def set_headers(response, pairs) -> None:
-    """Set each (name, value) header, replacing any header of that name.
-
-    In one pass over the response's headers: Werkzeug's own set and setdefault each walk
-    them all again (and setdefault raises and catches an exception for a header not yet
-    there), which on a page's ten headers came to a twelfth of a small request's
-    instructions (bench/instructions.py).
-    """
-    headers = response.headers
-    wanted = {name.lower() for name, _value in pairs}
-    if any(name.lower() in wanted for name in headers.keys()):
-        for name, _value in pairs:
-            headers.remove(name)
-    headers.extend(pairs)
-
-
 class SecurityHeaders:
     """WSGI middleware: every answer gets SECURITY_HEADERS (and HSTS over HTTPS), but for a
     header of the same name it set itself (the mailbox's sandboxed mail view sets its own
@@ -148,11 +133,12 @@ _ANSWER_HEADERS = "portal.answer_headers"
 
 def answer_headers(pairs: tuple) -> None:
     """Have this request's answer carry each (name, value) header, replacing any header of
-    that name (the view's own included), as set_headers would on the response.
+    that name, whatever its case (the view's own included).
 
-    For the headers a whole blueprint's answers carry (a link's page: no-store, noindex):
-    SecurityHeaders adds them to the list handed to the server, without Werkzeug's checks of
-    each constant and its walks of the response's headers.
+    For the headers an answer must carry whatever its view set (a link's page: no-store,
+    noindex): SecurityHeaders adds them to the list handed to the server, without Werkzeug's
+    checks of each constant and its walks of the response's headers (which, done once per
+    header with set or setdefault, came to a twelfth of a small request's instructions).
     """
     request.environ[_ANSWER_HEADERS] = pairs
 
@@ -176,18 +162,13 @@ def _init_limiter(app) -> None:
     to do only on the views with limits. On every other request they cost about a fortieth of
     a contact's page and an eighth of a route returning a constant (bench/instructions.py).
     """
-    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
-    had = [list(registry.get(None, ())) for registry in hooks]
-    limiter.init_app(app)
+    added = hooks.installed(app, limiter.init_app)
     if app.config.get("RATELIMIT_DEFAULT") or app.config.get("RATELIMIT_APPLICATION"):
         return
-    for registry, before in zip(hooks, had, strict=True):
-        added = [hook for hook in registry.get(None, ()) if hook not in before]
-        for hook in added:
-            registry[None].remove(hook)
-            if registry is not app.before_request_funcs:
-                for blueprint in LIMITED_BLUEPRINTS:
-                    registry.setdefault(blueprint, []).append(hook)
+    for registry, hook in added:
+        # Its check before each request goes; the others run where the limits are.
+        checks = registry is app.before_request_funcs
+        hooks.only_on(registry, hook, () if checks else LIMITED_BLUEPRINTS)
 
 
 def render_error(error):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import mapped_column
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
+from portal import hooks
 from portal.contacts import InvalidEmail
 from portal.contacts import normalise_email
 from portal.db import db
@@ -135,11 +136,11 @@ def init_app(app) -> None:
     """Bind Flask-Login."""
     # Only staff pages show the signed-in user: the back office's blueprint puts current_user
     # into its templates, so a contact's page does not look for a staff session at all.
-    login_manager.init_app(app, add_context_processor=False)
     # Flask-Login looks into the session after every request for a remember-me cookie to
     # refresh, and looking marks the session used: every contact page and one-click answer
     # then said "Vary: Cookie" and went through the session's saving. Staff sign in and out
     # on the back office's pages only, so the look runs there only.
-    remember_cookie = login_manager._update_remember_cookie
-    app.after_request_funcs[None].remove(remember_cookie)
-    app.after_request_funcs.setdefault("backoffice", []).append(remember_cookie)
+    for registry, hook in hooks.installed(
+        app, lambda app: login_manager.init_app(app, add_context_processor=False)
+    ):
+        hooks.only_on(registry, hook, ("backoffice",))

@@ -183,8 +183,8 @@ def record(
 
 def _no_store(response):
     # The token must not travel on to the site a click leads to.
-    hardening.set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex"),
-                                     ("Referrer-Policy", "no-referrer")))
+    hardening.answer_headers((("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex"),
+                              ("Referrer-Policy", "no-referrer")))
     return response
 
 

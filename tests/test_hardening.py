@@ -165,19 +165,6 @@ def test_each_header_is_sent_once_and_a_link_pages_own_values_win(client):
     assert page.headers["X-Frame-Options"] == "DENY"
 
 
-def test_set_headers_replaces_a_header_whatever_its_case():
-    from flask import Response
-
-    from portal.hardening import set_headers
-
-    response = Response("x", headers=[("cache-control", "public"),
-                                      ("X-Frame-Options", "SAMEORIGIN")])
-    set_headers(response, (("Cache-Control", "no-store"), ("X-Robots-Tag", "noindex")))
-    assert response.headers.getlist("Cache-Control") == ["no-store"]
-    assert response.headers.getlist("X-Robots-Tag") == ["noindex"]
-    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
-
-
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_security_headers_are_added_to_any_answer_that_lacks_them(scheme):
     from werkzeug.test import Client
