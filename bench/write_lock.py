@@ -1,6 +1,6 @@
 """Measure how long a change holds SQLite's write lock: the ceiling of writes per second.
 
-    .venv/bin/python bench/write_lock.py [--requests N]
+    .venv/bin/python bench/write_lock.py [--requests N] [--profile]
 
 SQLite lets one transaction write at a time. A request that changes something takes the
 write lock when its write transaction begins (`BEGIN IMMEDIATE`, so that two writers queue
@@ -24,7 +24,9 @@ the one-click POST.
 """
 
 import argparse
+import cProfile
 import os
+import pstats
 import re
 import shutil
 import sqlite3
@@ -88,6 +90,9 @@ def _form_fields(html: str) -> list[tuple[str, str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="requests of each kind")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print cProfile's 40 costliest functions of each kind "
+                        "(its figures then include the profiler's own cost)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-write-lock-"))
@@ -137,15 +142,21 @@ def main() -> int:
         clock.holds.clear()
         started = time.process_time()
         done = 0
+        one_click_profile = cProfile.Profile() if args.profile else None
         for token in one_click[: args.requests]:
+            if one_click_profile:
+                one_click_profile.enable()
             response = client.post(f"/o/{token}", base_url=BASE,
                                    data={"List-Unsubscribe": "One-Click"})
+            if one_click_profile:
+                one_click_profile.disable()
             assert response.status_code == 200, response.status_code
             done += 1
         results["one-click POST"] = (list(clock.holds), (time.process_time() - started) / done)
 
         # Page submits leaving one list, each form read by a GET first (not counted).
         holds, cpu = [], 0.0
+        submit_profile = cProfile.Profile() if args.profile else None
         for token in pages[: args.requests]:
             page = client.get(f"/p/{token}", base_url=BASE)
             fields = _form_fields(page.text)
@@ -153,8 +164,12 @@ def main() -> int:
             fields.remove(leave)
             clock.holds.clear()
             started = time.process_time()
+            if submit_profile:
+                submit_profile.enable()
             response = client.post(f"/p/{token}", base_url=BASE, data=urlencode(fields),
                                    content_type="application/x-www-form-urlencoded")
+            if submit_profile:
+                submit_profile.disable()
             cpu += time.process_time() - started
             assert response.status_code == 303, response.status_code
             holds += clock.holds
@@ -167,6 +182,11 @@ def main() -> int:
             median = statistics.median(found)
             print(f"{name:<16}{len(found):>8}{1000 * mean:>14.3f}{1000 * median:>11.3f}"
                   f"{1 / mean:>12.0f}{1000 * cpu_each:>16.3f}")
+        profiles = {"one-click POST": one_click_profile, "submit POST": submit_profile}
+        for label, recorded in profiles.items():
+            if recorded:
+                print(f"\n{label}: cProfile's 40 costliest functions, by cumulative time")
+                pstats.Stats(recorded).sort_stats("cumulative").print_stats(40)
         print(f"CPython {sys.version.split()[0]}; portal {setup._revision()}; "
               f"SQLite {sqlite3.sqlite_version}, WAL, synchronous at its default (FULL)")
     finally:
