@@ -1,10 +1,13 @@
 """Web-form sign-ups (M2): a business's own site posts an address and lists to the portal.
 
-A sign-up creates or updates a lead (None, or Single opt-in (webform) when the marketing box
-is ticked, per M5), joins the chosen public lists and sends the double opt-in mail. For an
-address that opted out, nothing changes: the lists wait in a sign-up request until the double
-opt-in is confirmed (`apply_confirmed`). Whatever happens, the visitor reads the same answer:
-known, unknown, suppressed, rate-limited or caught by the honeypot (SECURITY.md 12).
+A sign-up of a new address creates a lead (None, or Single opt-in (webform) when the
+marketing box is ticked, per M5), joins the chosen public lists and sends the double opt-in
+mail: nothing reaches a lead before it is confirmed (the campaign policy). An address already
+on file joins nothing at once, since anyone can type it: its lists wait for its owner's click
+in a mail to that address (`_known_address`), and for an address that opted out nothing
+changes until the double opt-in is confirmed (`apply_confirmed`). Whatever happens, the
+visitor reads the same answer: known, unknown, suppressed, rate-limited or caught by the
+honeypot (SECURITY.md 12).
 """
 
 import secrets
@@ -16,11 +19,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from portal import changes
 from portal import contacts
 from portal import doi
 from portal import lists
 from portal import optin
 from portal import suppression
+from portal.choices import LIST
+from portal.choices import page_for
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.db import db
@@ -43,7 +49,7 @@ class UnknownList(LookupError):
 
 
 class SignupRequest(db.Model):
-    """The lists an opted-out address asked to join, waiting for its double opt-in."""
+    """The lists a known address asked to join, waiting for its double opt-in."""
 
     __tablename__ = "signup_requests"
     __table_args__ = (sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status"),)
@@ -115,17 +121,16 @@ def sign_up(
     )
     if not allowed or suppression.is_suppressed(normalised):
         return
-    contact = contacts.find_by_email(normalised) or _new_lead(normalised, first_name, language)
+    known = contacts.find_by_email(normalised)
+    if known is not None:
+        _known_address(known, mailing_lists, marketing=marketing, evidence=evidence)
+        return
+    contact = _new_lead(normalised, first_name, language)
     if contact.erasure_requested_at is not None:
         return
     if contact.opt_in_status in OPT_OUTS or contact.processing_stopped_at is not None:
-        # Nothing changes for an address that opted out until the double opt-in is confirmed.
-        if marketing:
-            db.session.add(
-                SignupRequest(contact_id=contact.id, list_ids=[item.id for item in mailing_lists])
-            )
-            db.session.flush()
-            doi.send_request(contact, source="webform", actor=ACTOR)
+        # A double click's other request added the address first and it has opted out since.
+        _known_address(contact, mailing_lists, marketing=marketing, evidence=evidence)
         return
     for mailing_list in mailing_lists:
         lists.set_subscription(
@@ -136,6 +141,48 @@ def sign_up(
             contact, optin.Event.WEBFORM_TICKED, actor=ACTOR, method=METHOD, evidence=evidence
         )
         doi.send_request(contact, source="webform", actor=ACTOR)
+
+
+def _known_address(contact: Contact, mailing_lists: list[lists.MailingList], *,
+                   marketing: bool, evidence: Evidence | None) -> None:
+    """Sign up an address already on file: nothing joins until its owner confirms by email.
+
+    Anyone can type someone else's address into a form, so a sign-up joins no list of a known
+    contact at once. Without the box ticked nothing changes. With it, the lists the contact is
+    not on wait for the owner's click in the mail sent to the address on file: for a contact at
+    Double opt-in, a confirmation of those lists (the page's own pending change, P4); for any
+    other, the double opt-in mail (the lists wait in a sign-up request, joined when it is
+    confirmed). A contact who has not opted out moves to Single opt-in (webform) as M5 says; an
+    opted-out contact changes only once the double opt-in is confirmed.
+    """
+    if contact.erasure_requested_at is not None or not marketing:
+        return
+    subscribed = {
+        item.list_id for item in lists.subscriptions_of(contact) if item.status == "subscribed"
+    }
+    wanted = [item for item in mailing_lists if item.id not in subscribed]
+    if contact.opt_in_status == optin.OptIn.DOUBLE.value:
+        if wanted and contact.processing_stopped_at is None:
+            _ask_to_confirm_lists(contact, wanted, evidence)
+        return
+    if wanted:
+        db.session.add(SignupRequest(contact_id=contact.id, list_ids=[item.id for item in wanted]))
+        db.session.flush()
+    if contact.opt_in_status not in OPT_OUTS and contact.processing_stopped_at is None:
+        optin.transition(
+            contact, optin.Event.WEBFORM_TICKED, actor=ACTOR, method=METHOD, evidence=evidence
+        )
+    doi.send_request(contact, source="webform", actor=ACTOR)
+
+
+def _ask_to_confirm_lists(contact: Contact, wanted: list[lists.MailingList],
+                          evidence: Evidence | None) -> None:
+    """Mail a contact at Double opt-in a link to confirm joining these lists (one pending change,
+    as their page makes it): joined only by the POST behind that link."""
+    page = page_for(contact)
+    changes.submit(contact, {(LIST, item.slug): True for item in wanted}, versions={},
+                   stamp=page.stamp(), language=contact.language or "en", evidence=evidence,
+                   page=page)
 
 
 def _new_lead(address: str, first_name: str | None, language: str | None) -> Contact:

@@ -17,6 +17,7 @@ from portal import campaigns
 from portal import contacts
 from portal import doi
 from portal import jobs
+from portal import ledger
 from portal import lists
 from portal import mailbox
 from portal import outbox
@@ -177,6 +178,83 @@ def test_an_opted_out_address_without_the_box_changes_nothing_at_all(app, news, 
     assert smtp.to("left@example.com") == []
 
 
+def link_in(smtp, address, subject, prefix) -> str:
+    outbox.work(once=True)
+    [received] = [m for m in smtp.to(address) if m.message["Subject"] == subject]
+    text = received.message.get_body(preferencelist=("plain",)).get_content()
+    return re.search(rf"https://prefs\.example\.test({prefix}/\S+)", text).group(1)
+
+
+def test_a_known_double_opt_in_address_joins_only_once_its_owner_confirms(
+    app, news, visitor, smtp
+):
+    # Anyone can type an address on file into a form: a contact already at Double opt-in, whom
+    # campaigns reach, must not be put on a list by someone else.
+    person = contacts.add_contact("dana@example.com", method="cli", actor="t")
+    lists.set_subscription(person, news, True, method="cli", actor="t")
+    contacts.record_opt_in(person, OptIn.DOUBLE, method="cli", actor="t")
+    db.session.commit()
+    events = ledger_count()
+    answer = sign_up(visitor, "dana@example.com", slug="offers", list=["news"])
+    assert answer.status_code == 303 and answer.headers["Location"] == "/signup/sent"
+    assert not subscribed(contact("dana@example.com"), "offers")
+    assert ledger_count() == events  # nothing decided in the contact's name
+    link = link_in(smtp, "dana@example.com", "Please confirm your choices", "/c")
+    assert not subscribed(contact("dana@example.com"), "offers")  # opening it changes nothing
+    assert confirm(app, link).status_code == 200
+    person = contact("dana@example.com")
+    assert subscribed(person, "offers") and subscribed(person, "news")
+    assert person.opt_in_status == OptIn.DOUBLE
+
+
+def test_a_known_double_opt_in_address_already_on_the_lists_gets_no_mail(
+    app, news, visitor, smtp
+):
+    person = contacts.add_contact("dana@example.com", method="cli", actor="t")
+    lists.set_subscription(person, news, True, method="cli", actor="t")
+    contacts.record_opt_in(person, OptIn.DOUBLE, method="cli", actor="t")
+    db.session.commit()
+    assert sign_up(visitor, "dana@example.com").status_code == 303
+    outbox.work(once=True)
+    assert smtp.to("dana@example.com") == []
+
+
+@pytest.mark.parametrize("status", [OptIn.NONE, OptIn.SINGLE_USER, OptIn.SINGLE_WEBFORM])
+def test_a_known_address_not_yet_double_joins_once_the_double_opt_in_is_confirmed(
+    app, news, visitor, smtp, status
+):
+    person = contacts.add_contact("sam@example.com", first_name="Sam", method="cli", actor="t")
+    if status != OptIn.NONE:
+        contacts.record_opt_in(person, status, method="cli", actor="t")
+    db.session.commit()
+    assert sign_up(visitor, "sam@example.com", first_name="Mallory").status_code == 303
+    person = contact("sam@example.com")
+    assert not subscribed(person, "news")
+    assert person.opt_in_status == OptIn.SINGLE_WEBFORM  # M5: the ticked box, as for a lead
+    assert person.first_name == "Sam"
+    assert confirm(app, doi_link(smtp, "sam@example.com")).status_code == 200
+    person = contact("sam@example.com")
+    assert subscribed(person, "news") and person.opt_in_status == OptIn.DOUBLE
+
+
+def test_a_known_address_without_the_box_changes_nothing_and_gets_no_mail(
+    app, news, visitor, smtp
+):
+    person = contacts.add_contact("sam@example.com", method="cli", actor="t")
+    db.session.commit()
+    events = ledger_count()
+    sign_up(visitor, "sam@example.com", marketing=False)
+    person = contact("sam@example.com")
+    assert not subscribed(person, "news") and person.opt_in_status == OptIn.NONE
+    assert ledger_count() == events
+    outbox.work(once=True)
+    assert smtp.to("sam@example.com") == []
+
+
+def ledger_count() -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(ledger.LedgerEvent))
+
+
 def test_leaving_a_list_cancels_a_waiting_sign_up_for_it(app, news, visitor, smtp):
     person = contacts.add_contact("left@example.com", method="cli", actor="t")
     lists.set_subscription(person, news, True, method="cli", actor="t")
@@ -190,7 +268,8 @@ def test_leaving_a_list_cancels_a_waiting_sign_up_for_it(app, news, visitor, smt
     assert not subscribed(contact("left@example.com"), "news")
 
 
-@pytest.mark.parametrize("address", ["not an address", "", "a@b", "x" * 250 + "@example.com"])
+@pytest.mark.parametrize("address", ["not an address", "", "a@b", "x" * 250 + "@example.com",
+                                     "jörg@example.de"])
 def test_a_malformed_address_gets_the_form_back_with_a_message_next_to_the_field(
     app, news, visitor, address
 ):
