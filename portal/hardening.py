@@ -17,6 +17,7 @@ from limits import parse
 from werkzeug.exceptions import BadRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import InternalServerError
+from werkzeug.exceptions import UnsupportedMediaType
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -71,6 +72,8 @@ ERRORS = {
           _l("Use the buttons on the page instead of typing its address.")),
     413: (_l("That was too much data"),
           _l("What you sent is larger than this portal accepts. Send less at once.")),
+    415: (_l("This page takes a form"),
+          _l("Send it from the page's own form, as a browser does.")),
     429: (_l("Too many attempts"),
           _l("Please wait a few minutes before you try again.")),
     500: (_l("Something went wrong on our side"),
@@ -192,7 +195,13 @@ def refuse_nul_character(_error: NulCharacter):
 
 
 class PortalRequest(Request):
-    """Flask's request, without the form fields whose name could not be read.
+    """Flask's request, refusing a JSON body where a form is read, and without the form fields
+    whose name could not be read.
+
+    Every form of the portal is posted by its own pages as form fields. Flask-WTF fills a form
+    from a JSON body too, where a number, a list or a bare string fails inside WTForms (a 500):
+    reading a request's form when it carries JSON answers 415 instead, with the page that says
+    how to send it. A future JSON API reads `get_json`, never the form, and is not affected.
 
     A multipart part whose header is broken (a line break inside ``name="..."``) reaches
     Werkzeug's form as a field named None, and Flask-WTF's CSRF check, which reads every
@@ -201,6 +210,8 @@ class PortalRequest(Request):
     """
 
     def _load_form_data(self) -> None:
+        if "form" not in self.__dict__ and self.is_json:
+            raise UnsupportedMediaType()
         super()._load_form_data()
         for name in ("form", "files"):
             fields = self.__dict__.get(name)

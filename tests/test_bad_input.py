@@ -26,9 +26,11 @@ from test_preferences import the_mail
 from portal import consent
 from portal import doi
 from portal import lists
+from portal import outbox
 from portal import settings
 from portal.changes import PendingChange
 from portal.changes import Undo
+from portal.contacts import Contact
 from portal.contacts import OptIn
 from portal.db import db
 from portal.links import make_token
@@ -273,3 +275,71 @@ def test_a_row_id_past_the_database_integer_is_not_found(admin_client, path):
         response = admin_client.get(path.format(number))
         assert response.status_code == 404, path
         assert "Page not found" in response.text
+
+
+# --- A JSON body where a form is read ------------------------------------------------------------
+
+#: JSON that WTForms cannot take as form fields: a number, a list, a bare string, an object.
+JSON_BODIES = ['{"email": 5}', "[1, 2]", '"text"', '{"email": {"a": 1}}', '{"email": null}']
+
+
+@pytest.mark.parametrize("body", JSON_BODIES)
+def test_a_json_body_on_a_public_form_gets_the_page_that_says_how_to_send_it(
+    client, world, body
+):
+    # The sign-up and the fresh-link form take no cookie and no session token: anyone can post.
+    world.news.public = True
+    db.session.commit()
+    contacts_before = everything_of(world.ada)
+    for path in ("/f/news", "/link", f"{manage_path(world.ada)}"):
+        response = client.post(path, data=body, content_type="application/json")
+        assert response.status_code == 415, path
+        assert "This page takes a form" in response.text
+        assert "Send it from the page's own form" in response.text
+    assert everything_of(world.ada) == contacts_before
+
+
+def test_a_json_body_on_a_staff_form_with_its_token_gets_the_same_page(admin_client):
+    token = csrf_token(admin_client.get("/staff/settings").text)
+    for body in JSON_BODIES:
+        response = admin_client.post("/staff/settings", data=body,
+                                     content_type="application/json",
+                                     headers={"X-CSRFToken": token})
+        assert response.status_code == 415
+        assert "This page takes a form" in response.text
+
+
+# --- An address on file that cannot be mailed ---------------------------------------------------
+
+
+def unmailable(contact):
+    """Give a contact an address SMTP cannot carry, as one typed before such were refused."""
+    db.session.execute(sa.update(Contact).where(Contact.id == contact.id)
+                       .values(email="jörg@example.de"))
+    db.session.commit()
+    db.session.expire_all()
+
+
+def test_a_withdrawal_stands_when_its_notice_cannot_be_mailed(client, smtp, world):
+    page = manage_path(world.ada)
+    _action, form = read_form(client.get(page).text)
+    unmailable(world.ada)
+    form.pop("list:news")
+    response = client.post(page, data=form)
+    assert response.status_code == 303
+    assert "Your changes are saved" in client.get(page).text
+    assert state(world.ada)["lists"]["news"] == "unsubscribed"
+    [kept] = db.session.scalars(sa.select(outbox.OutboxMessage)
+                                .where(outbox.OutboxMessage.contact_id == world.ada.id)).all()
+    assert (kept.status, kept.reason) == ("failed", "the address on file cannot receive our email")
+
+
+def test_a_double_opt_in_to_an_address_that_cannot_be_mailed_is_skipped_with_a_reason(
+    app, world
+):
+    unmailable(world.ada)
+    result = doi.send_request(db.session.get(Contact, world.ada.id), source="staff", actor="t")
+    assert not result.sent
+    assert result.message == ("No double opt-in email was sent: the address on file cannot "
+                              "receive our email.")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(doi.DoiRequest)) == 0
