@@ -213,7 +213,16 @@ def _inverse(page: Page, item: Item) -> Item:
 
 
 def _send(contact: Contact, template: str, subject, language: str, **context) -> None:
-    """Queue a mail the contact's own action caused, in their language, to the address on file."""
+    """Queue a mail the contact's own action caused, in their language, to the address on file.
+
+    An address on file that cannot be mailed (from before such addresses were refused) gets
+    the mail kept as failed, with the reason, for staff to see: what the contact did stands.
+    """
+    if not contacts.mailable(contact.email):
+        outbox.record_failed(category=Category.OWN_ACTION, recipient=contact.email or "",
+                             subject=str(subject), contact=contact,
+                             reason="the address on file cannot receive our email")
+        return
     with force_locale(language):
         outbox.enqueue(
             category=Category.OWN_ACTION, contact=contact, recipient=contact.email,

@@ -66,12 +66,49 @@ def new_public_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def normalise_email(address: str) -> str:
-    """Return the address trimmed and lower-cased, or raise InvalidEmail."""
+def canonical_email(address: str) -> str:
+    """Return the address trimmed and lower-cased, or raise InvalidEmail if it is no address.
+
+    The form an address is stored, looked up and hashed in (suppression digests). An address
+    typed in is checked further by normalise_email; this one also reads addresses on file from
+    before that check existed.
+    """
     cleaned = (address or "").strip().lower()
     if len(cleaned) > 254 or not EMAIL.match(cleaned) or ".." in cleaned:
         raise InvalidEmail(f"{address!r} is not a valid email address")
     return cleaned
+
+
+def normalise_email(address: str) -> str:
+    """Return an address typed in, in its canonical form, or raise InvalidEmail.
+
+    Only an address the portal can mail is valid: mail leaves over SMTP as Flask-Mail speaks it
+    (no SMTPUTF8), which carries an ASCII local part and a domain IDNA can spell. An address
+    that could never be mailed is refused where it is typed, next to its field, rather than on
+    file where its first mail (a withdrawal's notice, a fresh link) would fail.
+    """
+    cleaned = canonical_email(address)
+    local_part, domain = cleaned.rsplit("@", 1)
+    try:
+        if not local_part.isascii():
+            raise UnicodeError
+        domain.encode("idna")
+    except UnicodeError:
+        raise InvalidEmail(f"{address!r} cannot receive our email") from None
+    return cleaned
+
+
+def mailable(address: str | None) -> bool:
+    """Say whether the portal can mail this address (normalise_email's rules).
+
+    An address on file from before normalise_email refused the ones SMTP cannot carry is
+    skipped with a reason by what mails a contact, rather than stopping a job or a withdrawal.
+    """
+    try:
+        normalise_email(address or "")
+    except InvalidEmail:
+        return False
+    return True
 
 
 class Contact(db.Model):
@@ -184,7 +221,7 @@ def mask(value: str, visible_suffix: int) -> str:
 
 def find_by_email(address: str) -> Contact | None:
     """Return the contact with this address, if any."""
-    return db.session.scalar(sa.select(Contact).where(Contact.email == normalise_email(address)))
+    return db.session.scalar(sa.select(Contact).where(Contact.email == canonical_email(address)))
 
 
 def field_definition(name: str) -> FieldDefinition | None:

@@ -34,6 +34,7 @@ from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
 from portal.contacts import ContactTombstone
 from portal.contacts import OptIn
+from portal.contacts import mailable
 from portal.db import db
 from portal.db import utcnow
 from portal.links import make_token
@@ -54,6 +55,7 @@ REASONS = {
     "already_double": _l("the contact already confirmed a double opt-in"),
     "recently_sent": _l("a double opt-in email went to the contact less than 24 hours ago"),
     "no_address": _l("the contact has no email address (erased)"),
+    "unmailable": _l("the address on file cannot receive our email"),
 }
 
 
@@ -216,6 +218,8 @@ def send_request(contact: Contact, *, source: str, actor: str) -> DoiResult:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}")
     if not contact.email or contact.erased_at is not None:
         return _not_sent("no_address")
+    if not mailable(contact.email):
+        return _not_sent("unmailable")
     status = OptIn(contact.opt_in_status)
     if status is OptIn.DOUBLE:
         return _not_sent("already_double")
@@ -339,10 +343,12 @@ def _reminders_after(_params: dict, after: int, limit: int):
 
 def _remind(_params: dict, request: DoiRequest) -> str:
     contact = db.session.get(Contact, request.contact_id)
+    if not mailable(contact.email):
+        why = REASONS["unmailable" if contact.email else "no_address"]
+        return str(_l("skipped: %(why)s", why=why))
     request.reminders += 1
     request.last_sent_at = utcnow()
-    if contact.email:
-        request.sent_to = suppression.digest(contact.email)
+    request.sent_to = suppression.digest(contact.email)
     row = _queue_mail(contact, request, reminder=True)
     if row.status == "refused":
         # The gate said no (stopped processing, say); the row keeps the reason for staff.

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
-from portal.contacts import normalise_email
+from portal.contacts import canonical_email
 from portal.crypto import keyed_digest
 from portal.db import db
 from portal.db import utcnow
@@ -26,7 +26,7 @@ class Suppression(db.Model):
 
 def digests(address: str) -> list[str]:
     """Return the address's digest under every configured key, so rotation loses nothing."""
-    normalised = normalise_email(address).encode()
+    normalised = canonical_email(address).encode()
     keys = keyset("suppression")
     return [keyed_digest("suppression", key_id, normalised) for key_id in keys.keys]
 
@@ -34,7 +34,7 @@ def digests(address: str) -> list[str]:
 def digest(address: str) -> str:
     """Return the address's digest under the active key: what a new row records."""
     keys = keyset("suppression")
-    return keyed_digest("suppression", keys.active_id, normalise_email(address).encode())
+    return keyed_digest("suppression", keys.active_id, canonical_email(address).encode())
 
 
 #: An SQL expression saying whether an address is on the suppression list, for queries built
@@ -69,7 +69,7 @@ def suppress(address: str, reason: str) -> Suppression:
         return existing
     keys = keyset("suppression")
     entry = Suppression(
-        digest=keyed_digest("suppression", keys.active_id, normalise_email(address).encode()),
+        digest=keyed_digest("suppression", keys.active_id, canonical_email(address).encode()),
         key_id=keys.active_id,
         reason=reason,
     )

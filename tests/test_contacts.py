@@ -47,11 +47,21 @@ def test_addresses_are_normalised(given, stored):
         "ada\x00@example.com",
         "a" * 65 + "@example.com",
         "ada@" + "x" * 250 + ".com",
+        # Addresses SMTP as the portal speaks it (no SMTPUTF8) cannot carry: refused where they
+        # are typed, not on file where their first mail would fail.
+        "jörg@example.de",
+        "ユーザー@example.jp",
+        "ada@exa\udcffmple.com",
     ],
 )
 def test_malformed_addresses_are_refused(address):
     with pytest.raises(InvalidEmail):
         contacts.normalise_email(address)
+
+
+def test_an_international_domain_is_an_address_the_portal_can_mail():
+    assert contacts.normalise_email("Ada@Müller.de") == "ada@müller.de"
+    assert contacts.mailable("ada@müller.de") and not contacts.mailable("jörg@example.de")
 
 
 def test_a_contact_is_found_by_any_spelling_of_its_address(app):
