@@ -289,7 +289,15 @@ def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions
     and is recorded with each decision, B2). `page` is the contact's page if already read in
     this transaction.
     """
-    page = page or page_for(contact)
+    # The ledger's head first, as every writer takes it (ledger.lock_head), and the state read
+    # after it: on PostgreSQL a page read before it may predate a save committed meanwhile (a
+    # double click's first press), and both presses would pass the stamp and ask twice. Read
+    # under the lock, the second sees the first's result. On SQLite a writer holds the
+    # database's lock from its first statement, so the page it was given is already current.
+    ledger.lock_head()
+    if page is None or db.session.get_bind().dialect.name != "sqlite":
+        db.session.refresh(contact)
+        page = page_for(contact)
     if stamp != page.stamp():
         raise StaleForm(page, submitted)
     shown_rule_version = page.rule_version if rule_version is None else rule_version

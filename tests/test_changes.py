@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
+from pg_locks import waiting_for_a_lock
 
 from portal import changes
 from portal import consent
@@ -557,6 +558,71 @@ def _clean_up(base_app, contact_id: int, slug: str) -> None:
         db.session.execute(sa.delete(Contact).where(Contact.id == contact_id))
         db.session.execute(sa.delete(lists.MailingList).where(lists.MailingList.slug == slug))
         db.session.commit()
+
+
+@pytest.mark.parametrize("join", [True, False], ids=["join", "leave"])
+def test_a_double_click_on_the_save_button_acts_once(base_app, join):
+    # R5: the second press of a save reads the page the first had read, before the first
+    # committed; it must see the first's result, not ask (or withdraw and mail) again.
+    with base_app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("SQLite serialises writers; the race is PostgreSQL's")
+        engine = db.engine
+    suffix = secrets.token_hex(4)
+    with base_app.app_context():
+        mailing_list = lists.create_list(f"race-{suffix}", f"Race {suffix}")
+        contact = add_contact(f"race-{suffix}@example.com")
+        if not join:
+            lists.set_subscription(contact, mailing_list, True, method="test", actor="test")
+        contact_id, slug = contact.id, mailing_list.slug
+        db.session.commit()
+    errors = []
+
+    def press(stamp: str, page=None) -> None:
+        contact = db.session.get(Contact, contact_id)
+        page = page or page_for(contact)  # read, as the save view reads it, before any lock
+        changes.submit(contact, {(LIST, slug): join}, versions={}, stamp=stamp, language="en",
+                       evidence=EVIDENCE, page=page)
+
+    def second_press(stamp: str) -> None:
+        try:
+            with base_app.app_context():
+                try:
+                    press(stamp)
+                    db.session.commit()
+                except changes.StaleForm:
+                    db.session.rollback()
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    try:
+        with base_app.app_context():
+            page = page_for(db.session.get(Contact, contact_id))
+            press(page.stamp(), page)  # the first press, not committed yet
+            thread = threading.Thread(target=second_press, args=(page.stamp(),))
+            thread.start()
+            with engine.connect() as probe:
+                waiting_for_a_lock(probe, timeout=5)  # the second press waits for the first
+            db.session.commit()
+            thread.join(timeout=30)
+        assert not errors, errors
+        with base_app.app_context():
+            mails = [m.subject for m in db.session.scalars(
+                sa.select(OutboxMessage).where(OutboxMessage.contact_id == contact_id))]
+            if join:
+                assert mails == ["Please confirm your choices"]
+                assert db.session.scalar(sa.select(sa.func.count()).select_from(PendingChange)
+                                         .where(PendingChange.contact_id == contact_id)) == 1
+            else:
+                assert mails == ["Your choices were saved"]
+                assert db.session.scalar(sa.select(sa.func.count()).select_from(Undo)
+                                         .where(Undo.contact_id == contact_id)) == 1
+                left = [e for e in ledger.history(
+                    db.session.get(Contact, contact_id).public_id)
+                    if e.subject_type == "subscription" and e.value_to == "unsubscribed"]
+                assert len(left) == 1
+    finally:
+        _clean_up(base_app, contact_id, slug)
 
 
 def test_two_simultaneous_confirmations_apply_once(base_app):
