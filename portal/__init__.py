@@ -17,9 +17,26 @@ __all__ = ["ConfigError", "create_app"]
 csrf = CSRFProtect()
 
 
+class Portal(Flask):
+    """Flask, logging an unhandled error without the link token its URL may carry."""
+
+    def log_exception(self, exc_info) -> None:
+        """Log an unhandled error by endpoint and method, and a link token by its digest."""
+        from portal.links import token_digest
+
+        # Flask logs request.path, and /p/<token> (like every contact link) is a working key
+        # to a contact's page. The rule shows "<token>" where the token was.
+        rule = request.url_rule
+        where = f"{request.endpoint} {rule.rule}" if rule is not None else "an unrouted request"
+        token = (request.view_args or {}).get("token")
+        digest = f" (token {token_digest(token)})" if isinstance(token, str) else ""
+        self.logger.error("Exception on %s [%s]%s", where, request.method, digest,
+                          exc_info=exc_info)
+
+
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     """Build the application: configuration, extensions, blueprints, commands."""
-    app = Flask(
+    app = Portal(
         __name__,
         instance_path=instance_path,
         instance_relative_config=True,
@@ -57,8 +74,10 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     app.register_blueprint(tracking.bp)
 
     from portal import cli
+    from portal import logs
 
     cli.init_app(app)
+    logs.init_app(app)
     app.add_template_global(_static_url, "static_url")
     app.add_template_global(flashed_messages)
     return app

@@ -157,7 +157,10 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
         job.status, job.error = "failed", describe(error)
         job.finished_at, job.lease_until = utcnow(), None
         db.session.commit()
-        log.exception("job %s failed", job_id)
+        # The error's type, not its text, which may quote what the job handled (as describe()
+        # says); the traceback is logged with addresses and tokens masked (see create_app).
+        log.error("job %s (%s) failed: %s", job_id, kind.name, type(error).__name__,
+                  exc_info=error)
         return job
     job.status, job.finished_at, job.lease_until = "done", utcnow(), None
     job.total = max(job.total, job.done)
