@@ -143,6 +143,55 @@ def test_next_is_followed_on_this_site_only(client, admin):
     assert response.headers["Location"].endswith("/staff/")
 
 
+def sign_in_with_next(client, email, next_url):
+    page = client.get("/staff/sign-in", query_string={"next": next_url})
+    return client.post(
+        "/staff/sign-in",
+        query_string={"next": next_url},
+        data={"email": email, "password": PASSWORD, "csrf_token": csrf_token(page.text)},
+    )
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "/\t/evil.example/x",  # Werkzeug drops the tab: the header would say //evil.example/x
+        "/\r\n/x",
+        "/staff/\r\nSet-Cookie: x=1",  # a line break in a header made the sign-in a 500
+        "/\n/x",
+        "/\x7f/x",
+        "/\\evil.example/x",  # browsers read a backslash as a slash
+        "\\\\evil.example/x",
+        "//evil.example/x",
+        "https://evil.example/staff/",
+        "http:/staff/jobs",
+        "/%2F%2Fevil.example/x",
+        "/p/some-token",  # a page of this site, but not a back-office one
+        "/staff/../t/c/token",
+        "/staff/%2e%2e/t/c/token",
+        "staff/jobs",
+    ],
+)
+def test_a_next_that_is_no_staff_page_ends_on_the_overview(client, admin, next_url):
+    response = sign_in_with_next(client, admin.email, next_url)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/staff/"
+    assert client.get("/staff/").status_code == 200  # signed in all the same
+
+
+def test_a_staff_page_asked_before_sign_in_opens_after_it(client, admin):
+    asked = client.get("/staff/jobs?page=2")
+    assert asked.status_code == 302
+    sign_in_page = asked.headers["Location"]
+    page = client.get(sign_in_page)
+    response = client.post(
+        sign_in_page,
+        data={"email": admin.email, "password": PASSWORD, "csrf_token": csrf_token(page.text)},
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/staff/jobs?page=2"
+
+
 def test_unknown_role_and_short_password_are_refused(app):
     with pytest.raises(staff.StaffError, match="role"):
         staff.create_staff("x@example.com", PASSWORD, "owner")

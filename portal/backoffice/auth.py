@@ -1,5 +1,8 @@
 """Signing staff in and out, and the back office's home page."""
 
+from urllib.parse import unquote
+from urllib.parse import urlsplit
+
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -36,10 +39,21 @@ def _address_key() -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path on this site: never an open redirect to another host.
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("backoffice.home")
+    """Return where to go after signing in: the back-office page `next` names, else the
+    overview."""
+    home = url_for("backoffice.home")  # the back office's prefix, after any script root
+    if not target or "\\" in target or any(c < " " or c == "\x7f" for c in target):
+        # Browsers read a backslash as a slash. Werkzeug drops a tab when it writes the
+        # Location header ("/\t/evil.example" became "//evil.example", another host) and refuses
+        # a line break (a 500 after the password was right).
+        return home
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith(home):
+        return home
+    # "/staff/../x" (or %2e%2e) would climb out of the back office once the browser resolves it.
+    if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
+        return home
+    return target
 
 
 @bp.route("/sign-in", methods=["GET", "POST"])
