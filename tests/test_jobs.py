@@ -102,22 +102,40 @@ def test_unknown_kind_is_refused(app):
         jobs.start("nope", created_by="test")
 
 
-def test_reencryption_moves_every_value_to_the_active_key(app):
-    field = contacts.define_field("tax_id", "Tax ID", sensitive=True)
+ROTATED_KEY = "cm90YXRlZC1rZXktZm9yLXRoZS10ZXN0LXN1aXRlLTAwMDA="
+
+
+def tax_ids(count: int) -> list[contacts.Contact]:
+    """Return contacts, each with a sensitive tax id DE-00000000n stored under key k1."""
+    field = contacts.field_definition("tax_id") or contacts.define_field(
+        "tax_id", "Tax ID", sensitive=True)
     people = []
-    for n in range(5):
+    for n in range(count):
         contact = contacts.add_contact(f"p{n}@example.com", method="cli", actor="t")
         contacts.set_field_value(contact, field, f"DE-{n:09d}")
         people.append(contact)
     db.session.commit()
+    return people
+
+
+def rotate_to_k2(app) -> None:
+    """Make k2 the active field key, k1 still there to decrypt older values."""
+    app.extensions["portal_keys"]["field"] = parse_keyset("field", {
+        "active": "k2",
+        "keys": {"k1": app.config["PORTAL_FIELD_KEYS"]["keys"]["k1"], "k2": ROTATED_KEY},
+    })
+
+
+def stored_tax_id(contact: contacts.Contact) -> contacts.FieldValue:
+    return next(value for value in contact.values if value.field.name == "tax_id")
+
+
+def test_reencryption_moves_every_value_to_the_active_key(app):
+    people = tax_ids(5)
+    field = contacts.field_definition("tax_id")
     keys = app.extensions["portal_keys"]
     original = keys["field"]
-    rotated = parse_keyset("field", {
-        "active": "k2",
-        "keys": {"k1": app.config["PORTAL_FIELD_KEYS"]["keys"]["k1"],
-                 "k2": "cm90YXRlZC1rZXktZm9yLXRoZS10ZXN0LXN1aXRlLTAwMDA="},
-    })
-    keys["field"] = rotated
+    rotate_to_k2(app)
     try:
         job = jobs.start(REENCRYPT.name, created_by="test")
         db.session.commit()
@@ -131,9 +149,39 @@ def test_reencryption_moves_every_value_to_the_active_key(app):
         for n, contact in enumerate(people):
             assert contacts.field_value(contact, "tax_id", reveal=True) == f"DE-{n:09d}"
         # With k1 retired, every value still decrypts.
-        keys["field"] = parse_keyset("field", {"active": "k2", "keys": {
-            "k2": "cm90YXRlZC1rZXktZm9yLXRoZS10ZXN0LXN1aXRlLTAwMDA="}})
+        keys["field"] = parse_keyset("field", {"active": "k2", "keys": {"k2": ROTATED_KEY}})
         assert contacts.field_value(people[0], "tax_id", reveal=True) == "DE-000000000"
+    finally:
+        keys["field"] = original
+
+
+def test_a_value_that_does_not_decrypt_is_left_as_it_is_and_the_rotation_goes_on(app, caplog):
+    people = tax_ids(3)
+    # A value copied from another contact: it is bound to that contact, so it cannot decrypt.
+    swapped = stored_tax_id(people[1])
+    swapped.ciphertext = copied = stored_tax_id(people[0]).ciphertext
+    db.session.commit()
+    keys = app.extensions["portal_keys"]
+    original = keys["field"]
+    rotate_to_k2(app)
+    try:
+        job = jobs.start(REENCRYPT.name, created_by="test")
+        db.session.commit()
+        jobs.work(once=True)
+        finished = db.session.get(jobs.Job, job.id)
+        assert finished.status == "done"
+        assert finished.error is None
+        assert finished.outcomes == {"re-encrypted": 2,
+                                     "does not decrypt, left as it is (ids in the log)": 1}
+        for n in (0, 2):
+            assert stored_tax_id(people[n]).key_id == "k2"
+            assert contacts.field_value(people[n], "tax_id", reveal=True) == f"DE-{n:09d}"
+        left = stored_tax_id(people[1])
+        assert left.key_id == "k1"
+        assert left.ciphertext == copied
+        # The log names the value and its contact by id, and holds none of the values.
+        assert f"field value {left.id} of contact {people[1].public_id}" in caplog.text
+        assert "DE-" not in caplog.text
     finally:
         keys["field"] = original
 
