@@ -23,8 +23,10 @@ from portal import contacts
 from portal import ledger
 from portal.contacts import Contact
 from portal.contacts import OptIn
+from portal.crypto import keyed_digest
 from portal.db import db
 from portal.db import utcnow
+from portal.keys import keyset
 
 #: The state of a contact that has no opt-in status yet: being created.
 NEW = "new"
@@ -172,14 +174,26 @@ EVENT_WORDS = {
 }
 
 
-class OptInNote(db.Model):
-    """Staff-written evidence of an opt-in confirmed out of band (B8).
+#: What an opt-in note holds: evidence of an opt-in confirmed out of band (B8), or the reason
+#: staff gave for a change of the status (M5, and `flask contacts add --reason`).
+OUT_OF_BAND = "out_of_band"
+REASON = "reason"
+NOTE_KINDS = (OUT_OF_BAND, REASON)
 
-    The text may name the person, so it lives here, where erasure can clear it; the ledger
-    event keeps its id (evidence_ref) and the SHA-256 of the exact text (text_sha256).
+
+class OptInNote(db.Model):
+    """Staff-written text behind an opt-in event: out-of-band evidence (B8) or a reason (M5).
+
+    The text may name the person ("Ann Smith phoned from +44..."), so it lives here, where
+    erasure can clear it, and never in the ledger, which nobody can edit. The ledger event
+    names the note (evidence_ref "note:<public id>") and pins its text: out-of-band evidence
+    by its SHA-256 (text_sha256, here and in the event), a reason by a keyed digest after the
+    note's id in evidence_ref (`reason_digest`). A reason is short and easy to guess, so a bare
+    hash of it, kept for ever in the ledger, would let anyone confirm a guess after erasure.
     """
 
     __tablename__ = "opt_in_notes"
+    __table_args__ = (sa.CheckConstraint(sa.column("kind").in_(NOTE_KINDS), name="kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     public_id: Mapped[str] = mapped_column(
@@ -188,10 +202,36 @@ class OptInNote(db.Model):
     contact_id: Mapped[int] = mapped_column(
         sa.ForeignKey("contacts.id", ondelete="CASCADE"), index=True
     )
+    # Notes written before reasons were kept here are all out-of-band evidence.
+    kind: Mapped[str] = mapped_column(
+        sa.String(20), default=OUT_OF_BAND, server_default=OUT_OF_BAND
+    )
     text: Mapped[str | None] = mapped_column(sa.Text)
-    text_sha256: Mapped[str] = mapped_column(sa.String(64))
+    text_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     created_by: Mapped[str] = mapped_column(sa.String(60))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def reason_digest(note_id: str, text: str, key_id: str) -> str:
+    """Return the keyed digest of a reason that the ledger event naming its note keeps."""
+    return keyed_digest("ledger", key_id, f"opt-in-reason:{note_id}:{text}".encode())
+
+
+def _reason_note(contact: Contact, reason: str, actor: str) -> str:
+    """Keep the reason in a note the ledger event names; return the event's evidence_ref."""
+    # The id is set here rather than by the column default so that nothing is flushed before
+    # the ledger's head is locked (see ledger.lock_head).
+    note = OptInNote(
+        public_id=secrets.token_urlsafe(16),
+        contact_id=contact.id,
+        kind=REASON,
+        text=reason,
+        created_by=actor,
+    )
+    db.session.add(note)
+    # The event is keyed with the active ledger key, so its key_id says which key this is.
+    digest = reason_digest(note.public_id, reason, keyset("ledger").active_id)
+    return f"note:{note.public_id}:{digest}"
 
 
 def _state(contact: Contact) -> str:
@@ -263,8 +303,9 @@ def transition(
 ) -> OptIn:
     """Apply one event of M5's table to the contact and return its status after it.
 
-    A change is one ledger event (actor, method, evidence); the reason, when no other evidence
-    reference is given, is the event's evidence reference. Raises TransitionRefused.
+    A change is one ledger event (actor, method, evidence). The reason staff give is kept in an
+    opt-in note that erasure clears, and the event only names it (when no other evidence
+    reference is given): staff write names and phone numbers there. Raises TransitionRefused.
     """
     event = Event(event)
     reason = (reason or "").strip() or None
@@ -287,12 +328,14 @@ def transition(
         return OptIn(contact.opt_in_status)
     if _locked(contact, after, actor):
         raise TransitionRefused(state, event, LOCKED)
+    if reason and not evidence_ref:
+        evidence_ref = _reason_note(contact, reason, actor)
     contacts.record_opt_in(
         contact,
         after,
         method=method,
         actor=actor,
-        evidence_ref=evidence_ref or reason,
+        evidence_ref=evidence_ref,
         evidence=evidence,
         created=state == NEW,
         text_sha256=text_sha256,
@@ -422,9 +465,9 @@ def record_out_of_band(
     return note
 
 
-def notes_of(contact: Contact) -> list[OptInNote]:
-    """Return the out-of-band evidence recorded for a contact, newest first."""
-    statement = (
-        sa.select(OptInNote).where(OptInNote.contact_id == contact.id).order_by(OptInNote.id.desc())
-    )
-    return list(db.session.scalars(statement))
+def notes_of(contact: Contact, kind: str | None = OUT_OF_BAND) -> list[OptInNote]:
+    """Return a contact's opt-in notes of one kind (all kinds for None), newest first."""
+    statement = sa.select(OptInNote).where(OptInNote.contact_id == contact.id)
+    if kind is not None:
+        statement = statement.where(OptInNote.kind == kind)
+    return list(db.session.scalars(statement.order_by(OptInNote.id.desc())))

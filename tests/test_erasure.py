@@ -2,6 +2,7 @@
 the receipt, the suppression that keeps the address out, and the erasure log."""
 
 from datetime import timedelta
+from html import unescape
 
 import pytest
 import sqlalchemy as sa
@@ -109,7 +110,7 @@ def person(app) -> Contact:
     return contact
 
 
-def _traces_left() -> list[str]:
+def _traces_left(traces: tuple[str, ...] = TRACES) -> list[str]:
     """Return every table cell, in every table, that still holds a trace of the person."""
     found = []
     for table in db.metadata.sorted_tables:
@@ -117,7 +118,7 @@ def _traces_left() -> list[str]:
             for value in row:
                 text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
                 found += [
-                    f"{table.name}: {trace}" for trace in TRACES if trace.lower() in text.lower()
+                    f"{table.name}: {trace}" for trace in traces if trace.lower() in text.lower()
                 ]
     return found
 
@@ -172,6 +173,32 @@ def test_erase_asks_first_then_leaves_no_trace_but_a_delivered_receipt(
     # Non-personal history stays: the consent and subscription states, the ledger events.
     assert [s.state for s in consent.states_of(person)] == ["granted"]
     assert ledger.history(person.public_id)[-1].action == "erased"
+
+
+def test_erasure_clears_the_reasons_staff_gave_and_the_ledger_still_verifies(
+    admin_client, runner
+):
+    contact = contacts.add_contact(
+        "quentin@example.com", opt_in=contacts.OptIn.SINGLE_USER, method="cli", actor="cli",
+        reason="Quentin Marblestone signed up at the fair",
+    )
+    optin.transition(contact, optin.Event.STAFF_OPT_OUT, actor="staff:1", method="staff",
+                     reason="Quentin Marblestone (+44 20 7946 0111) phoned, asked to stop")
+    db.session.commit()
+    record = unescape(admin_client.get(f"/staff/contacts/{contact.public_id}").text)
+    assert "Quentin Marblestone signed up at the fair" in record
+    assert "Quentin Marblestone (+44 20 7946 0111) phoned, asked to stop" in record
+
+    _erase(admin_client, contact)
+    db.session.expire_all()
+    assert _traces_left(("Marblestone", "+44 20 7946 0111")) == []
+    assert [note.text for note in optin.notes_of(contact, None)] == [None, None]
+    # The history still shows that a reason was given for each change, and that it is gone.
+    record = unescape(admin_client.get(f"/staff/contacts/{contact.public_id}").text)
+    activity = record[record.index('<ol class="activity">') :]
+    assert activity.count('<q class="note">(erased)</q>') == 2
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 0 and "ledger intact" in result.output
 
 
 def test_a_receipt_delayed_by_the_mail_server_keeps_its_address_until_it_goes(

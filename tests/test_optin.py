@@ -164,7 +164,9 @@ def test_staff_transitions_need_a_reason(app, event):
     with pytest.raises(TransitionRefused, match="longer than 200"):
         optin.transition(contact, event, actor="a", method="staff", reason="x" * 201)
     optin.transition(contact, event, actor="a", method="staff", reason="asked by phone")
-    assert opt_in_events(contact)[-1].evidence_ref == "asked by phone"
+    # Kept beside the event, which names it (SECURITY 10): see the tests of the record below.
+    assert "asked by phone" not in opt_in_events(contact)[-1].evidence_ref
+    assert optin.notes_of(contact, optin.REASON)[0].text == "asked by phone"
 
 
 def test_an_erased_contact_cannot_confirm_a_double_opt_in(app):
@@ -401,6 +403,33 @@ def test_staff_opt_a_contact_out_and_revert_it_with_a_reason(agent_client):
 
     post(agent_client, contact, "/opt-in/staff_revert", {"reason": "wrong contact"})
     assert contact.opt_in_status == D
+
+
+#: What staff naturally write: it names the person, their address and their phone.
+PERSONAL_REASON = "Ann Smith (ann.smith@example.org, +44 20 7946 0123) phoned, asked to stop"
+#: Its parts, none of which a digest or a random id can hold by chance.
+PERSONAL_PARTS = ("Ann Smith", "ann.smith@", "+44 20 7946 0123", "phoned", "asked to stop")
+
+
+def ledger_cells() -> list[str]:
+    """Return every value of every ledger event, as text."""
+    rows = db.session.execute(sa.select(ledger.LedgerEvent.__table__)).all()
+    return [str(value) for row in rows for value in row if value is not None]
+
+
+def test_the_reason_for_an_opt_out_stays_out_of_the_ledger_and_shows_on_the_record(
+    agent_client,
+):
+    contact = at_status("ann@example.test", D)
+    db.session.commit()
+    post(agent_client, contact, "/opt-in/staff_opt_out", {"reason": PERSONAL_REASON})
+    assert contact.opt_in_status == OU
+
+    cells = ledger_cells()
+    assert [part for part in PERSONAL_PARTS if any(part in cell for cell in cells)] == []
+    # Staff still read it in the contact's history, beside the event it explains.
+    page = unescape(agent_client.get(record_path(contact)).text)
+    assert PERSONAL_REASON in page[page.index('<ol class="activity">') :]
 
 
 def test_a_refused_staff_action_says_why_and_changes_nothing(agent_client):

@@ -126,14 +126,16 @@ def _forget(contact: Contact, address: str, masked: str, receipt_id: int) -> lis
     erased += _counted("engagement", _delete_rows(tracking.EngagementEvent, contact))
     notes = _delete_rows(restriction.RestrictionNote, contact)
     notes += _delete_rows(ErasureExtension, contact)
-    # An out-of-band opt-in keeps its digest (the ledger names it) but not the text itself.
+    # Opt-in notes (out-of-band evidence, the reasons staff gave) keep their row, so the
+    # ledger events naming them still show that a note was written, but lose its text; staff
+    # wrote names and phone numbers there.
     notes += db.session.execute(
         sa.update(optin.OptInNote)
         .where(optin.OptInNote.contact_id == contact.id, optin.OptInNote.text.is_not(None))
         .values(text=None)
     ).rowcount
     erased += _counted("staff_notes", notes)
-    suppression.suppress(address, "erasure")
+    suppression.suppress(address, suppression.ERASURE)
     return erased
 
 
