@@ -162,9 +162,10 @@ def change_email(contact: Contact, address: str, *, actor: str) -> None:
     """Give the contact a new address; its single or double opt-in falls back to None (M5).
 
     An opted-out contact stays opted out, but a revert no longer gives back a consent the old
-    address gave. Links mailed to the old address stop working (its mailbox no longer speaks
-    for the contact), and its open double opt-in requests expire: no reminder of them goes to
-    the new address.
+    address gave, and the old address goes on the suppression list: nothing else would keep
+    it from coming back as a new contact. Links mailed to the old address stop working (its
+    mailbox no longer speaks for the contact), and its open double opt-in requests expire: no
+    reminder of them goes to the new address.
     """
     refuse_if_closed(contact)
     try:
@@ -180,9 +181,12 @@ def change_email(contact: Contact, address: str, *, actor: str) -> None:
     if suppression.is_suppressed(address):
         message = _l("This address was erased and is on the suppression list; it cannot be used.")
         raise contacts.AddressSuppressed(str(message))
+    leaving = contact.email
     contact.email = address
     contact.link_version += 1
     _record(contact, "email", "email_changed", actor)
+    # After the event, which locks the ledger's head before this reads or writes other rows.
+    suppression.keep_out_leaving_address(contact, leaving)
     optin.address_changed(contact, method="staff", actor=actor)
     doi.expire_open(contact)
     db.session.flush()

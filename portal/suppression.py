@@ -6,11 +6,20 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from portal.contacts import OPT_OUTS
+from portal.contacts import Contact
 from portal.contacts import canonical_email
 from portal.crypto import keyed_digest
 from portal.db import db
 from portal.db import utcnow
 from portal.keys import keyset
+
+#: Why an address is on the list (the column is free text: a bounce or a complaint may add
+#: theirs). Erasure keeps the erased address there (B5). An address that leaves a record
+#: which said no to our email goes there too: once it is no longer the record's, the record's
+#: opt-out no longer covers it, and it could come back as a new contact (SECURITY 11).
+ERASURE = "erasure"
+LEFT_A_NO = "address left an opted-out record"
 
 
 class Suppression(db.Model):
@@ -76,3 +85,15 @@ def suppress(address: str, reason: str) -> Suppression:
     db.session.add(entry)
     db.session.flush()
     return entry
+
+
+def keep_out_leaving_address(contact: Contact, address: str) -> Suppression | None:
+    """Suppress an address leaving a contact that opted out or stopped processing; return
+    the entry, or None when the contact had not said no.
+
+    The contact's new address needs nothing: the record keeps its opt-out (M5), and its
+    stopped processing, and both go on covering whatever address it holds.
+    """
+    if contact.opt_in_status in OPT_OUTS or contact.processing_stopped_at is not None:
+        return suppress(address, LEFT_A_NO)
+    return None

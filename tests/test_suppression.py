@@ -4,10 +4,17 @@ import hashlib
 
 import pytest
 import sqlalchemy as sa
+from test_backoffice_auth import csrf_token
 
+from portal import contacts
+from portal import lists
+from portal import optin
 from portal import suppression
+from portal.contacts import Contact
 from portal.contacts import InvalidEmail
+from portal.contacts import OptIn
 from portal.db import db
+from portal.optin import Event
 from portal.suppression import Suppression
 
 
@@ -51,3 +58,64 @@ def test_the_list_holds_no_address_and_no_plain_hash(app):
 def test_a_malformed_address_is_refused(app):
     with pytest.raises(InvalidEmail):
         suppression.suppress("not an address", "erased")
+
+
+# --- An address that leaves a record which said no (SECURITY 11) ----------------------------
+
+OLD, NEW = "old.address@example.com", "new.address@example.com"
+
+
+def _new_address(client, contact, address: str):
+    """Change the contact's address as staff do, on the record's form."""
+    path = f"/staff/contacts/{contact.public_id}"
+    token = csrf_token(client.get(f"{path}/edit").text)
+    return client.post(f"{path}/email", data={"csrf_token": token, "email": address})
+
+
+def _at(status: OptIn) -> Contact:
+    contact = contacts.add_contact(OLD, method="staff", actor="t")
+    optin.transition(contact, Event.DOI_CONFIRMED, actor="contact", method="doi")
+    if status == OptIn.OPTOUT_USER:
+        optin.transition(contact, Event.STAFF_OPT_OUT, actor="t", method="staff", reason="asked")
+    elif status == OptIn.OPTOUT_CONTACT:
+        optin.transition(contact, Event.CONTACT_OPT_OUT, actor="contact", method="page")
+    db.session.commit()
+    return contact
+
+
+@pytest.mark.parametrize("status", [OptIn.OPTOUT_USER, OptIn.OPTOUT_CONTACT])
+def test_an_address_that_left_an_opted_out_record_cannot_come_back(
+    agent_client, client, runner, status
+):
+    contact = _at(status)
+    newsletter = lists.create_list("newsletter", "Newsletter")
+    db.session.commit()
+    assert _new_address(agent_client, contact, NEW).status_code == 303
+    assert (contact.email, contact.opt_in_status) == (NEW, status)
+
+    added = runner.invoke(
+        args=["contacts", "add", OLD, "--single-opt-in", "--reason", "met at a fair"]
+    )
+    assert added.exit_code != 0 and "suppression list" in added.output
+    signed_up = client.post(f"/f/{newsletter.slug}", data={"email": OLD, "marketing": "y"})
+    assert signed_up.status_code == 303
+    db.session.expire_all()
+    assert contacts.find_by_email(OLD) is None
+    # The record keeps its "no" under its new address, which needs no entry of its own.
+    assert not suppression.is_suppressed(NEW)
+    assert contact.opt_in_status == status
+
+
+def test_a_new_address_of_a_subscribed_opted_in_contact_suppresses_nothing(agent_client, runner):
+    contact = _at(OptIn.DOUBLE)
+    newsletter = lists.create_list("newsletter", "Newsletter")
+    lists.set_subscription(contact, newsletter, True, method="staff", actor="t")
+    db.session.commit()
+    assert _new_address(agent_client, contact, NEW).status_code == 303
+
+    assert _entries() == []
+    added = runner.invoke(
+        args=["contacts", "add", OLD, "--single-opt-in", "--reason", "met at a fair"]
+    )
+    assert added.exit_code == 0, added.output
+    assert contacts.find_by_email(OLD).opt_in_status == OptIn.SINGLE_USER
