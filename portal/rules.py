@@ -208,6 +208,10 @@ def _text(name: str, op: str, value) -> str:
         raise RuleError(f"field {name!r}: {op} needs a non-empty value (is_empty tests for none)")
     if len(trimmed) > MAX_VALUE_LENGTH:
         raise RuleError(f"field {name!r}: a value has at most {MAX_VALUE_LENGTH} characters")
+    if "\x00" in trimmed:
+        # No value on file holds one (PostgreSQL cannot store it in text), and inside the
+        # rule's JSON it would pass the check that refuses it in text (db.holds_nul).
+        raise RuleError(f"field {name!r}: a value cannot hold a NUL character")
     return trimmed
 
 

@@ -179,6 +179,14 @@ def many(count: int) -> dict:
             "field 'region': in takes text values, not a number (5)",
         ),
         (
+            {"field": "region", "op": "in", "value": ["\x00"]},
+            "field 'region': a value cannot hold a NUL character",
+        ),
+        (
+            {"field": "region", "op": "equals", "value": "E\x00U"},
+            "field 'region': a value cannot hold a NUL character",
+        ),
+        (
             {"field": "region", "op": "in", "value": [str(n) for n in range(101)]},
             "field 'region': in takes at most 100 values",
         ),
