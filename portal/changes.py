@@ -281,13 +281,14 @@ def leave_list(contact: Contact, slug: str, *, language: str,
 
 
 def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions: dict[str, int],
-           stamp: str, language: str, evidence: ledger.Evidence | None = None,
+           stamp: str | None, language: str, evidence: ledger.Evidence | None = None,
            rule_version: int | None = None, page: Page | None = None) -> Outcome:
     """Apply the withdrawals at once and turn everything else into one pending change.
 
-    `rule_version` is the version of the rules that the page showed (it travels in the form
-    and is recorded with each decision, B2). `page` is the contact's page if already read in
-    this transaction.
+    `stamp` is the stamp of the page the form was posted from (None for a change asked for
+    without the page: a web-form sign-up). `rule_version` is the version of the rules that the
+    page showed (it travels in the form and is recorded with each decision, B2). `page` is the
+    contact's page if already read in this transaction.
     """
     # The ledger's head first, as every writer takes it (ledger.lock_head), and the state read
     # after it: on PostgreSQL a page read before it may predate a save committed meanwhile (a
@@ -298,7 +299,7 @@ def submit(contact: Contact, submitted: dict[tuple[str, str], bool], *, versions
     if page is None or db.session.get_bind().dialect.name != "sqlite":
         db.session.refresh(contact)
         page = page_for(contact)
-    if stamp != page.stamp():
+    if stamp is not None and stamp != page.stamp():
         raise StaleForm(page, submitted)
     shown_rule_version = page.rule_version if rule_version is None else rule_version
     offered = set(page.current()) | {(CONSENT, c.definition.slug) for c in page.consents}

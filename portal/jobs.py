@@ -158,7 +158,7 @@ def run(job: Job, on_progress: Callable[[Job], None] | None = None, stop=None) -
         job.finished_at, job.lease_until = utcnow(), None
         db.session.commit()
         # The error's type, not its text, which may quote what the job handled (as describe()
-        # says); the traceback is logged with addresses and tokens masked (see create_app).
+        # says); the traceback is logged with addresses and tokens masked (portal/logs.py).
         log.error("job %s (%s) failed: %s", job_id, kind.name, type(error).__name__,
                   exc_info=error)
         return job

@@ -26,9 +26,9 @@ from portal import lists
 from portal import optin
 from portal import suppression
 from portal.choices import LIST
-from portal.choices import page_for
 from portal.contacts import OPT_OUTS
 from portal.contacts import Contact
+from portal.contacts import OptIn
 from portal.db import db
 from portal.db import utcnow
 from portal.hardening import quietly_allowed_for
@@ -161,9 +161,11 @@ def _known_address(contact: Contact, mailing_lists: list[lists.MailingList], *,
         item.list_id for item in lists.subscriptions_of(contact) if item.status == "subscribed"
     }
     wanted = [item for item in mailing_lists if item.id not in subscribed]
-    if contact.opt_in_status == optin.OptIn.DOUBLE.value:
+    if contact.opt_in_status == OptIn.DOUBLE:
         if wanted and contact.processing_stopped_at is None:
-            _ask_to_confirm_lists(contact, wanted, evidence)
+            # The page's own pending change and its confirmation mail (no form: no stamp).
+            changes.submit(contact, {(LIST, item.slug): True for item in wanted}, versions={},
+                           stamp=None, language=contact.language or "en", evidence=evidence)
         return
     if wanted:
         db.session.add(SignupRequest(contact_id=contact.id, list_ids=[item.id for item in wanted]))
@@ -173,16 +175,6 @@ def _known_address(contact: Contact, mailing_lists: list[lists.MailingList], *,
             contact, optin.Event.WEBFORM_TICKED, actor=ACTOR, method=METHOD, evidence=evidence
         )
     doi.send_request(contact, source="webform", actor=ACTOR)
-
-
-def _ask_to_confirm_lists(contact: Contact, wanted: list[lists.MailingList],
-                          evidence: Evidence | None) -> None:
-    """Mail a contact at Double opt-in a link to confirm joining these lists (one pending change,
-    as their page makes it): joined only by the POST behind that link."""
-    page = page_for(contact)
-    changes.submit(contact, {(LIST, item.slug): True for item in wanted}, versions={},
-                   stamp=page.stamp(), language=contact.language or "en", evidence=evidence,
-                   page=page)
 
 
 def _new_lead(address: str, first_name: str | None, language: str | None) -> Contact:
