@@ -1,6 +1,7 @@
 """Background jobs (issue 3, item 5): resumable, exactly once per item, progress to watch."""
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -118,12 +119,28 @@ def tax_ids(count: int) -> list[contacts.Contact]:
     return people
 
 
-def rotate_to_k2(app) -> None:
-    """Make k2 the active field key, k1 still there to decrypt older values."""
-    app.extensions["portal_keys"]["field"] = parse_keyset("field", {
+@contextmanager
+def rotated_to_k2(app):
+    """Make k2 the active field key, k1 still there to decrypt older values; yield the app's
+    key sets, and give the field's back as they were afterwards."""
+    keys = app.extensions["portal_keys"]
+    original = keys["field"]
+    keys["field"] = parse_keyset("field", {
         "active": "k2",
         "keys": {"k1": app.config["PORTAL_FIELD_KEYS"]["keys"]["k1"], "k2": ROTATED_KEY},
     })
+    try:
+        yield keys
+    finally:
+        keys["field"] = original
+
+
+def reencrypt() -> jobs.Job:
+    """Start the re-encryption job, run it to its end and return it."""
+    job = jobs.start(REENCRYPT.name, created_by="test")
+    db.session.commit()
+    jobs.work(once=True)
+    return db.session.get(jobs.Job, job.id)
 
 
 def stored_tax_id(contact: contacts.Contact) -> contacts.FieldValue:
@@ -133,15 +150,9 @@ def stored_tax_id(contact: contacts.Contact) -> contacts.FieldValue:
 def test_reencryption_moves_every_value_to_the_active_key(app):
     people = tax_ids(5)
     field = contacts.field_definition("tax_id")
-    keys = app.extensions["portal_keys"]
-    original = keys["field"]
-    rotate_to_k2(app)
-    try:
-        job = jobs.start(REENCRYPT.name, created_by="test")
-        db.session.commit()
-        assert job.total == 5
-        jobs.work(once=True)
-        assert db.session.get(jobs.Job, job.id).status == "done"
+    with rotated_to_k2(app) as keys:
+        job = reencrypt()
+        assert (job.total, job.status) == (5, "done")
         stored = db.session.scalars(
             sa.select(contacts.FieldValue).where(contacts.FieldValue.field_id == field.id)
         ).all()
@@ -151,8 +162,6 @@ def test_reencryption_moves_every_value_to_the_active_key(app):
         # With k1 retired, every value still decrypts.
         keys["field"] = parse_keyset("field", {"active": "k2", "keys": {"k2": ROTATED_KEY}})
         assert contacts.field_value(people[0], "tax_id", reveal=True) == "DE-000000000"
-    finally:
-        keys["field"] = original
 
 
 def test_a_value_that_does_not_decrypt_is_left_as_it_is_and_the_rotation_goes_on(app, caplog):
@@ -161,14 +170,8 @@ def test_a_value_that_does_not_decrypt_is_left_as_it_is_and_the_rotation_goes_on
     swapped = stored_tax_id(people[1])
     swapped.ciphertext = copied = stored_tax_id(people[0]).ciphertext
     db.session.commit()
-    keys = app.extensions["portal_keys"]
-    original = keys["field"]
-    rotate_to_k2(app)
-    try:
-        job = jobs.start(REENCRYPT.name, created_by="test")
-        db.session.commit()
-        jobs.work(once=True)
-        finished = db.session.get(jobs.Job, job.id)
+    with rotated_to_k2(app):
+        finished = reencrypt()
         assert finished.status == "done"
         assert finished.error is None
         assert finished.outcomes == {"re-encrypted": 2,
@@ -182,8 +185,6 @@ def test_a_value_that_does_not_decrypt_is_left_as_it_is_and_the_rotation_goes_on
         # The log names the value and its contact by id, and holds none of the values.
         assert f"field value {left.id} of contact {people[1].public_id}" in caplog.text
         assert "DE-" not in caplog.text
-    finally:
-        keys["field"] = original
 
 
 def test_jobs_run_shows_a_progress_bar(runner, app, suppress_kind):

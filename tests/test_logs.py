@@ -26,17 +26,24 @@ def production_errors(app, monkeypatch):
     monkeypatch.setitem(app.config, "PROPAGATE_EXCEPTIONS", False)
 
 
-def test_a_failing_contact_page_logs_its_endpoint_but_not_its_token_or_an_address(
-    app, client, caplog, monkeypatch, production_errors
-):
+def failing_page(monkeypatch, error) -> str:
+    """Return the page link of a contact whose page fails with error(token) when opened."""
     contact = contacts.add_contact(ADDRESS, method="cli", actor="test")
     db.session.commit()
     token = make_token("manage", contact)
 
     def fail(_payload):
-        raise MessageRejected(f"the recipient '{ADDRESS}' cannot be sent over SMTP")
+        raise error(token)
 
     monkeypatch.setattr(page_lane, "read", fail)
+    return token
+
+
+def test_a_failing_contact_page_logs_its_endpoint_but_not_its_token_or_an_address(
+    app, client, caplog, monkeypatch, production_errors
+):
+    token = failing_page(monkeypatch, lambda _token: MessageRejected(
+        f"the recipient '{ADDRESS}' cannot be sent over SMTP"))
     with caplog.at_level(logging.ERROR):
         response = client.get(f"/p/{token}?list=news")
     assert response.status_code == 500
@@ -55,14 +62,7 @@ def test_a_failing_contact_page_logs_its_endpoint_but_not_its_token_or_an_addres
 
 def test_a_token_quoted_by_an_error_is_masked(app, client, caplog, monkeypatch,
                                               production_errors):
-    contact = contacts.add_contact(ADDRESS, method="cli", actor="test")
-    db.session.commit()
-    token = make_token("manage", contact)
-
-    def fail(_payload):
-        raise LookupError(f"no page for {token}")
-
-    monkeypatch.setattr(page_lane, "read", fail)
+    token = failing_page(monkeypatch, lambda token: LookupError(f"no page for {token}"))
     with caplog.at_level(logging.ERROR):
         assert client.get(f"/p/{token}").status_code == 500
     logged = logged_text(caplog) + caplog.text
