@@ -12,6 +12,7 @@ send a second copy of the one message in flight, with the same Message-ID.
 import logging
 import smtplib
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -470,6 +471,22 @@ def _one_connection():
             session.rollback()
 
 
+#: Functions that queue mail the worker composes itself, each called before every delivery
+#: pass: it queues in the current transaction, which the pass's claim commits (and delivers
+#: in the same pass), and returns how much it took (0 when nothing waits).
+COMPOSERS: list[Callable[[], int]] = []
+
+
+def composer(function: Callable[[], int]) -> Callable[[], int]:
+    """Have the worker call `function` before each delivery pass (see COMPOSERS).
+
+    For mail that a request must not compose itself, so that its answer takes the same time
+    whatever the mail would say or whether it is sent at all (link_requests).
+    """
+    COMPOSERS.append(function)
+    return function
+
+
 def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     """Deliver due messages until stopped (or until none is due, with `once`)."""
     tally = Tally()
@@ -477,6 +494,8 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     stop = stop or threading.Event()  # never set: run until the process ends
     while not stop.is_set():
         with outage_tolerated("outbox worker", once=once):
+            for compose in COMPOSERS:
+                compose()
             ids = claim(batch)
             if ids:
                 with _one_connection():

@@ -1,15 +1,14 @@
 """The way back in (B1): "email me a fresh link", from the front page or a dead link's page.
 
-The answer is the same whether the address is known, unknown, suppressed or rate-limited, so
-the form reveals nothing about who is on file (SECURITY.md 12).
+The answer is the same whether the address is known, unknown, suppressed or rate-limited, and
+so is the work behind it (the outbox worker composes the mail: portal/link_requests.py), so
+the form reveals nothing about who is on file (SECURITY.md 12), not even by its timing.
 """
 
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
-from flask_babel import force_locale
-from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
 from wtforms import EmailField
@@ -19,12 +18,9 @@ from wtforms.validators import ValidationError
 
 from portal import contacts
 from portal import csrf
-from portal import outbox
-from portal import suppression
+from portal import link_requests
 from portal.db import db
-from portal.gate import Category
 from portal.hardening import quietly_allowed_for
-from portal.links import manage_url
 from portal.preferences import bp
 
 PER_ADDRESS = "3 per hour"
@@ -42,7 +38,8 @@ class FreshLinkForm(FlaskForm):
 
 
 def send_fresh_link(address: str, client_ip: str) -> None:
-    """Queue a fresh preference link to a known, mailable address; otherwise do nothing."""
+    """Ask the outbox worker for a fresh link to an address, doing the same work whether it
+    is on file, suppressed or over its limits (link_requests says why)."""
     try:
         normalised = contacts.normalise_email(address)
     except contacts.InvalidEmail:
@@ -50,19 +47,7 @@ def send_fresh_link(address: str, client_ip: str) -> None:
     allowed = quietly_allowed_for(
         "fresh-link", normalised, client_ip, per_ip=PER_IP, per_address=PER_ADDRESS
     )
-    if not allowed or suppression.is_suppressed(normalised):
-        return
-    contact = contacts.find_by_email(normalised)
-    if contact is None or contact.erased_at is not None:
-        return
-    context = {"name": contact.first_name, "url": manage_url(contact)}
-    with force_locale(contact.language or "en"):
-        outbox.enqueue(
-            category=Category.OWN_ACTION, contact=contact, recipient=contact.email,
-            subject=_("Your link to your privacy preferences"),
-            text_body=render_template("mail/preference_link.txt", **context),
-            html_body=render_template("mail/preference_link.html", **context),
-        )
+    link_requests.ask(normalised, allowed=allowed)
 
 
 @bp.post("/link")
