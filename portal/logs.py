@@ -1,5 +1,6 @@
 """What the portal logs holds no personal data (SECURITY.md 14): addresses and link tokens
-are masked in every record of the app's and the job worker's loggers, tracebacks included."""
+are masked in every record of the app's and the job worker's loggers, tracebacks included, and
+in the development server's request log."""
 
 import logging
 import re
@@ -8,6 +9,9 @@ import re
 #: payload starting with a dot when compressed.
 _TOKEN = re.compile(r"(?<![\w.-])[A-Za-z0-9-]{1,64}\.\.?[\w-]{8,}\.[\w-]{4,}\.[\w-]{20,}", re.ASCII)
 _EMAIL = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
+#: A link's path, whatever its token looks like: the one-click token of a List-Unsubscribe
+#: header ("<key id>.<payload>.<signature>", which never expires) has no time part for _TOKEN.
+_LINK_PATH = re.compile(r"(/(?:[pcudo]|t/[oc])/)[\w.-]+", re.ASCII)
 
 
 class PersonalDataMask(logging.Filter):
@@ -37,6 +41,7 @@ def _masked(text: str) -> str:
     from portal.erasure import mask_email
 
     text = _TOKEN.sub("<link token>", text)
+    text = _LINK_PATH.sub(r"\1<link token>", text)
     return _EMAIL.sub(lambda match: mask_email(match.group()), text)
 
 
@@ -44,10 +49,15 @@ def _masked(text: str) -> str:
 MASK_PERSONAL_DATA = PersonalDataMask()
 
 
+#: Werkzeug's development server (`flask serve`, `flask run`) logs each request line there:
+#: "GET /p/<token> HTTP/1.1" 200, a contact's link in full.
+DEV_SERVER_LOG = logging.getLogger("werkzeug")
+
+
 def init_app(app) -> None:
-    """Mask addresses and link tokens in what the app and the job worker log; a filter on a
-    logger sees only what is logged on that logger itself."""
+    """Mask addresses and link tokens in what the app, the job worker and the development
+    server log; a filter on a logger sees only what is logged on that logger itself."""
     from portal import jobs
 
-    for logger in (app.logger, jobs.log):
+    for logger in (app.logger, jobs.log, DEV_SERVER_LOG):
         logger.addFilter(MASK_PERSONAL_DATA)

@@ -3,10 +3,13 @@
 import logging
 
 import pytest
+from werkzeug.serving import WSGIRequestHandler
 
 from portal import contacts
 from portal import jobs
+from portal import lists
 from portal import page_lane
+from portal import unsubscribe
 from portal.db import db
 from portal.links import make_token
 from portal.links import token_digest
@@ -99,3 +102,32 @@ def test_a_failing_job_logs_its_id_kind_and_error_type_but_no_address(app, caplo
     assert f"job {job.id} (test-reject) failed: MessageRejected" in logged
     assert "Traceback" in logged
     assert "j***@e***.de" in logged
+
+
+def dev_server_line(caplog, method: str, path: str, status: int) -> str:
+    """Return what the development server (`flask serve`) logs for one request."""
+    # The handler as run_simple builds it for a connection, without the connection.
+    handler = WSGIRequestHandler.__new__(WSGIRequestHandler)
+    handler.client_address = ("127.0.0.1", 50312)
+    handler.command, handler.path, handler.request_version = method, path, "HTTP/1.1"
+    handler.requestline = f"{method} {path} HTTP/1.1"
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        handler.log_request(status, 5120)
+    return logged_text(caplog) + caplog.text
+
+
+@pytest.mark.parametrize("link", ["page", "one-click"])
+def test_the_development_servers_request_log_masks_link_tokens(app, caplog, link):
+    contact = contacts.add_contact(ADDRESS, method="cli", actor="test")
+    newsletter = lists.create_list("newsletter", "Newsletter")
+    db.session.commit()
+    if link == "page":
+        method, prefix, token = "GET", "/p/", make_token("manage", contact)
+    else:  # the List-Unsubscribe header's token, which never expires
+        method, prefix, token = "POST", "/o/", unsubscribe.make_token(contact, newsletter)
+
+    logged = dev_server_line(caplog, method, f"{prefix}{token}?list=news", 200)
+    assert token not in logged
+    assert token.split(".")[-1] not in logged  # not even its signature
+    assert "127.0.0.1 - - " in logged
+    assert f'"{method} {prefix}<link token>?list=news HTTP/1.1" 200 5120' in logged
