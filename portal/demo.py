@@ -22,6 +22,7 @@ from portal import consent
 from portal import contact_records
 from portal import contacts
 from portal import lists
+from portal import optin
 from portal import outbox
 from portal import settings
 from portal import staff
@@ -359,8 +360,13 @@ def _make_contact(number, email, mailing_lists, fields, definitions) -> None:
             contact, OptIn.SINGLE_WEBFORM, method="webform", actor="contact", evidence=evidence
         )
     if number % 9 == 0:
-        contacts.record_opt_in(
-            contact, OptIn.OPTOUT_USER, method="staff", actor="demo", evidence_ref="asked by phone"
+        # As staff record it: the reason goes to an opt-in note, which erasure clears.
+        optin.transition(
+            contact,
+            optin.Event.STAFF_OPT_OUT,
+            method="staff",
+            actor="demo",
+            reason="asked by phone",
         )
     elif number % 10 == 0:
         contacts.record_opt_in(

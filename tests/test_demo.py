@@ -1,5 +1,7 @@
 """The demo data set: only in demo mode, idempotent, and with a chain that verifies."""
 
+import re
+
 import pytest
 import sqlalchemy as sa
 from conftest import make_config
@@ -7,6 +9,7 @@ from conftest import make_config
 from portal import create_app
 from portal import ledger
 from portal import links
+from portal import optin
 from portal.db import db
 
 
@@ -73,3 +76,28 @@ def test_demo_loads_once_prints_three_links_and_changes_nothing_the_second_time(
     assert report.ok, report.problem
     verified = runner.invoke(args=["ledger", "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+#: What the code writes as a ledger event's evidence_ref: ids and digests, never staff's words.
+KNOWN_EVIDENCE = re.compile(
+    r"note:[\w-]+(:[0-9a-f]{64})?"  # an opt-in note; a staff reason's with its keyed digest
+    r"|(doi|signup|pending|undo|list|consent-event|erasure-log):[\w.-]+"
+    r"|page|email_changed"
+)
+
+
+def test_the_demo_ledger_holds_no_free_text(demo_app):
+    result = demo_app.test_cli_runner().invoke(args=["demo"])
+    assert result.exit_code == 0, result.output
+    references = db.session.scalars(
+        sa.select(ledger.LedgerEvent.evidence_ref).where(
+            ledger.LedgerEvent.evidence_ref.is_not(None)
+        )
+    ).all()
+    assert references
+    assert [ref for ref in references if not KNOWN_EVIDENCE.fullmatch(ref)] == []
+    # The demo staff's reasons are kept as staff's are, in notes that erasure clears.
+    reasons = db.session.scalars(
+        sa.select(optin.OptInNote.text).where(optin.OptInNote.kind == optin.REASON)
+    )
+    assert {"asked by phone", "met at a trade fair"} <= set(reasons)
