@@ -178,9 +178,9 @@ def change_email(contact: Contact, address: str, *, actor: str) -> None:
         raise ContactError(str(_l("This is already the contact's address.")))
     if db.session.scalar(sa.select(Contact.id).where(Contact.email == address)) is not None:
         raise ContactError(str(_l("Another contact has this address.")))
-    if suppression.is_suppressed(address):
-        message = _l("This address was erased and is on the suppression list; it cannot be used.")
-        raise contacts.AddressSuppressed(str(message))
+    refused = suppression.refusal(address)
+    if refused is not None:
+        raise contacts.AddressSuppressed(refused)
     leaving = contact.email
     contact.email = address
     contact.link_version += 1

@@ -52,7 +52,8 @@ class RecordLocked(ContactError):
 
 
 class AddressSuppressed(ContactError):
-    """The address was erased and is on the suppression list: it cannot come back (B5)."""
+    """The address is on the suppression list (erased, or it left a "no"): it cannot come back
+    (B5); the message says why."""
 
 
 def refuse_if_locked(contact: "Contact") -> None:
@@ -339,10 +340,11 @@ def add_contact(
     if db.session.scalar(sa.select(Contact.id).where(Contact.email == address)) is not None:
         raise ContactError("a contact with this email address already exists")
     # Suppression builds on contacts, so it is reached from here at call time.
-    from portal.suppression import is_suppressed
+    from portal.suppression import refusal
 
-    if is_suppressed(address):
-        raise AddressSuppressed("this address was erased and is on the suppression list")
+    refused = refusal(address)
+    if refused is not None:
+        raise AddressSuppressed(refused)
     contact = Contact(
         email=address,
         kind=kind,

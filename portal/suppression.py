@@ -3,6 +3,7 @@
 from datetime import datetime
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
@@ -20,6 +21,16 @@ from portal.keys import keyset
 #: opt-out no longer covers it, and it could come back as a new contact (SECURITY 11).
 ERASURE = "erasure"
 LEFT_A_NO = "address left an opted-out record"
+
+#: What staff read when an address they type is on the list, by the reason recorded: they may
+#: know why (this is the back office), and an address erased is not one that said no.
+REFUSALS = {
+    ERASURE: _l("This address was erased and is on the suppression list; it cannot be used."),
+    LEFT_A_NO: _l(
+        "This address belonged to a contact who opted out or whose processing is stopped, and "
+        "is on the suppression list; it cannot be used."
+    ),
+}
 
 
 class Suppression(db.Model):
@@ -58,6 +69,24 @@ _IS_LISTED = sa.select(LISTED)
 def is_suppressed(address: str) -> bool:
     """Say whether an address is on the suppression list."""
     return bool(db.session.scalar(_IS_LISTED, {"suppression_digests": digests(address)}))
+
+
+def refusal(address: str) -> str | None:
+    """Return why staff cannot use an address on the list, or None when it is not on it."""
+    reason = db.session.scalar(
+        sa.select(Suppression.reason).where(Suppression.digest.in_(digests(address))).limit(1)
+    )
+    if reason is None:
+        return None
+    if reason in REFUSALS:
+        return str(REFUSALS[reason])
+    # A reason some other source recorded (a bounce, a complaint), in its own words.
+    return str(
+        _l(
+            "This address is on the suppression list (%(reason)s); it cannot be used.",
+            reason=reason,
+        )
+    )
 
 
 def suppressed_among(addresses: list[str]) -> set[str]:

@@ -1,12 +1,14 @@
 """The suppression list: keyed digests of addresses, found however they are spelt."""
 
 import hashlib
+from html import unescape
 
 import pytest
 import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
 
 from portal import contacts
+from portal import erasure
 from portal import lists
 from portal import optin
 from portal import suppression
@@ -119,3 +121,45 @@ def test_a_new_address_of_a_subscribed_opted_in_contact_suppresses_nothing(agent
     )
     assert added.exit_code == 0, added.output
     assert contacts.find_by_email(OLD).opt_in_status == OptIn.SINGLE_USER
+
+
+# --- Why an address is on the list, as staff who type it are told --------------------------
+
+ERASED = "This address was erased and is on the suppression list; it cannot be used."
+SAID_NO = (
+    "This address belonged to a contact who opted out or whose processing is stopped, and is "
+    "on the suppression list; it cannot be used."
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("erasure", ERASED),
+        ("staff opt-out", SAID_NO),
+        ("contact opt-out", SAID_NO),
+        ("bounce", "This address is on the suppression list (bounced); it cannot be used."),
+    ],
+)
+def test_staff_are_told_why_an_address_is_on_the_suppression_list(
+    agent_client, runner, how, message
+):
+    if how == "erasure":
+        erasure.erase(contacts.add_contact(OLD, method="staff", actor="t"), actor="t")
+    elif how == "bounce":  # a reason another source records, in its own words
+        suppression.suppress(OLD, "bounced")
+    else:
+        opted_out = _at(OptIn.OPTOUT_USER if how == "staff opt-out" else OptIn.OPTOUT_CONTACT)
+        assert _new_address(agent_client, opted_out, NEW).status_code == 303
+    other = contacts.add_contact("other@example.com", method="staff", actor="t")
+    db.session.commit()
+
+    changed = _new_address(agent_client, other, OLD)
+    assert changed.status_code == 200
+    assert message in unescape(changed.text)
+    added = runner.invoke(args=["contacts", "add", OLD])
+    assert added.exit_code != 0
+    assert added.output.strip() == f"Error: {message}"
+    db.session.expire_all()
+    assert other.email == "other@example.com"
+    assert contacts.find_by_email(OLD) is None
