@@ -13,17 +13,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
-from flask import render_template
-from flask_babel import force_locale
-from flask_babel import gettext
+from flask_babel import lazy_gettext
 
 from portal import campaigns
 from portal import consent
 from portal import contact_records
 from portal import contacts
+from portal import link_requests
 from portal import lists
 from portal import optin
-from portal import outbox
 from portal import settings
 from portal import staff
 from portal.choices import page_for
@@ -432,14 +430,7 @@ def _make_contact(number, email, mailing_lists, fields, definitions) -> None:
 
 def _queue_preference_mail(contact: contacts.Contact) -> None:
     """Queue the mail that tells a contact where their page is (it shows in the mailbox)."""
-    context = {"name": contact.first_name, "url": manage_url(contact)}
-    with force_locale(contact.language or "en"):
-        outbox.enqueue(
-            category="notice", contact=contact, recipient=contact.email,
-            subject=gettext("Your privacy preferences"),
-            text_body=render_template("mail/preference_link.txt", **context),
-            html_body=render_template("mail/preference_link.html", **context),
-        )
+    link_requests.send_link(contact, "notice", lazy_gettext("Your privacy preferences"))
 
 
 #: The languages of the demo's contacts, as the sample links name them.

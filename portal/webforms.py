@@ -8,8 +8,15 @@ in a mail to that address (`_known_address`), and for an address that opted out 
 changes until the double opt-in is confirmed (`apply_confirmed`). Whatever happens, the
 visitor reads the same answer: known, unknown, suppressed, rate-limited or caught by the
 honeypot (SECURITY.md 12).
+
+The answer also takes the same time: each path does different work (a new lead is added, a
+known address gets a confirmation or nothing), several milliseconds apart, which a stopwatch
+could read to learn who is on file. So the request only queues the sign-up (`queue`: one row,
+the same for every address) and the outbox worker does the rest (`answer_queued`, an
+`outbox.composer`), deleting the row, a second or so later.
 """
 
+import logging
 import secrets
 from datetime import datetime
 
@@ -24,6 +31,7 @@ from portal import contacts
 from portal import doi
 from portal import lists
 from portal import optin
+from portal import outbox
 from portal import suppression
 from portal.choices import LIST
 from portal.contacts import OPT_OUTS
@@ -34,6 +42,9 @@ from portal.db import utcnow
 from portal.hardening import quietly_allowed_for
 from portal.ledger import Evidence
 from portal.links import public_url
+from portal.mail import MessageRejected
+
+log = logging.getLogger(__name__)
 
 PER_ADDRESS = "5 per hour"
 PER_IP = "30 per hour"
@@ -42,6 +53,10 @@ ACTOR = "webform"
 STATUSES = ("pending", "applied", "cancelled")
 #: The honeypot: a field people never see (hidden) and bots fill in.
 HONEYPOT = "website"
+
+
+#: Queued sign-ups done per transaction of the worker.
+BATCH = 100
 
 
 class UnknownList(LookupError):
@@ -65,6 +80,26 @@ class SignupRequest(db.Model):
     status: Mapped[str] = mapped_column(sa.String(10), default="pending")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
+
+
+class QueuedSignup(db.Model):
+    """A sign-up as the form posted it, waiting for the outbox worker (`answer_queued`).
+
+    Kept only until the worker's next pass. A request over its limits leaves a row with no
+    address, so that it costs what any other does; the worker drops it.
+    """
+
+    __tablename__ = "queued_signups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str | None] = mapped_column(sa.String(254))
+    list_ids: Mapped[list] = mapped_column(sa.JSON)
+    marketing: Mapped[bool]
+    first_name: Mapped[str | None] = mapped_column(sa.String(100))
+    language: Mapped[str | None] = mapped_column(sa.String(10))
+    ip_address: Mapped[str | None] = mapped_column(sa.String(45))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def public_lists() -> list[lists.MailingList]:
@@ -100,7 +135,7 @@ def snippet(mailing_list: lists.MailingList) -> str:
     ).strip()
 
 
-def sign_up(
+def queue(
     address: str,
     mailing_lists: list[lists.MailingList],
     *,
@@ -110,22 +145,86 @@ def sign_up(
     language: str | None = None,
     evidence: Evidence | None = None,
 ) -> None:
-    """Record a web-form sign-up in the current transaction; do nothing where nothing may be.
+    """Queue a web-form sign-up in the current transaction, for the outbox worker to do.
 
-    Raises contacts.InvalidEmail for a malformed address; everything else (a suppressed
-    address, an erased or locked contact, a limit reached) ends quietly.
+    The same work for every address: its limits counted and one row added (with no address
+    when over them). Raises contacts.InvalidEmail for a malformed address.
     """
     normalised = contacts.normalise_email(address)
     allowed = quietly_allowed_for(
         "signup", normalised, client_ip, per_ip=PER_IP, per_address=PER_ADDRESS
     )
-    if not allowed or suppression.is_suppressed(normalised):
+    evidence = evidence or Evidence()
+    db.session.add(QueuedSignup(
+        address=normalised if allowed else None, list_ids=[item.id for item in mailing_lists],
+        marketing=marketing, first_name=(first_name or "").strip()[:100] or None,
+        language=language, ip_address=(evidence.ip_address or "")[:45] or None,
+        user_agent=(evidence.user_agent or "")[:500] or None,
+    ))
+
+
+def _taken(limit: int) -> list[QueuedSignup]:
+    """Delete up to `limit` of the oldest queued sign-ups and return them.
+
+    Read first, so that a pass with nothing waiting writes nothing; then one DELETE ...
+    RETURNING, so that two workers on PostgreSQL never both take a row and a rollback puts
+    the rows back.
+    """
+    ids = list(db.session.scalars(sa.select(QueuedSignup.id).order_by(QueuedSignup.id)
+                                  .limit(limit)))
+    if not ids:
+        return []
+    statement = (sa.delete(QueuedSignup).where(QueuedSignup.id.in_(ids))
+                 .returning(*QueuedSignup.__table__.columns))
+    return sorted(db.session.execute(statement).all(), key=lambda row: row.id)
+
+
+@outbox.composer
+def answer_queued(limit: int = BATCH) -> int:
+    """Do the sign-ups queued since the worker's last pass, each in a savepoint of the current
+    transaction (the pass's claim commits them); return how many rows were taken.
+
+    One that a rule refuses (an address that cannot be mailed, a record that may not change)
+    leaves nothing, as the request's answer promised nothing.
+    """
+    taken = _taken(limit)
+    for row in taken:
+        if row.address is None:
+            continue
+        mailing_lists = [found for found in (db.session.get(lists.MailingList, list_id)
+                                             for list_id in row.list_ids)
+                         if found is not None and found.public]
+        if not mailing_lists:
+            continue  # made private or deleted since
+        try:
+            with db.session.begin_nested():
+                sign_up(row.address, mailing_lists, marketing=row.marketing,
+                        first_name=row.first_name, language=row.language,
+                        evidence=Evidence(ip_address=row.ip_address,
+                                          user_agent=row.user_agent))
+        except (contacts.ContactError, optin.TransitionRefused, MessageRejected) as error:
+            log.info("queued sign-up %s not done: %s", row.id, error)
+    return len(taken)
+
+
+def sign_up(
+    address: str,
+    mailing_lists: list[lists.MailingList],
+    *,
+    marketing: bool,
+    first_name: str | None = None,
+    language: str | None = None,
+    evidence: Evidence | None = None,
+) -> None:
+    """Do a web-form sign-up of a normalised address in the current transaction; do nothing
+    where nothing may be (a suppressed address, an erased or locked contact)."""
+    if suppression.is_suppressed(address):
         return
-    known = contacts.find_by_email(normalised)
+    known = contacts.find_by_email(address)
     if known is not None:
         _known_address(known, mailing_lists, marketing=marketing, evidence=evidence)
         return
-    contact = _new_lead(normalised, first_name, language)
+    contact = _new_lead(address, first_name, language)
     if contact.erasure_requested_at is not None:
         return
     if contact.opt_in_status in OPT_OUTS or contact.processing_stopped_at is not None:
@@ -179,16 +278,16 @@ def _known_address(contact: Contact, mailing_lists: list[lists.MailingList], *,
 
 def _new_lead(address: str, first_name: str | None, language: str | None) -> Contact:
     """Add a lead for a new address; or, when a sign-up of the same address at the same moment
-    (a double click) added it first, return that one.
+    (a double click, done by two outbox workers) added it first, return that one.
 
-    On PostgreSQL both requests find no contact and add one; the second's INSERT waits for the
+    On PostgreSQL both workers find no contact and add one; the second's INSERT waits for the
     first to commit and then finds the address taken. Only its savepoint is undone.
     """
     try:
         with db.session.begin_nested():
             return contacts.add_contact(
                 address,
-                first_name=(first_name or "").strip()[:100] or None,
+                first_name=first_name,
                 language=language,
                 method=METHOD,
                 actor=ACTOR,

@@ -25,12 +25,10 @@ from wtforms.validators import ValidationError
 
 from portal import contacts
 from portal import csrf
-from portal import optin
 from portal import webforms
 from portal.db import db
 from portal.hardening import answer_headers
 from portal.ledger import Evidence
-from portal.mail import MessageRejected
 
 bp = Blueprint("signup", __name__)
 
@@ -103,23 +101,18 @@ def submit(slug: str):
         )
     if not signup_form.website.data:
         language = str(get_locale())
-        try:
-            webforms.sign_up(
-                signup_form.email.data,
-                mailing_lists,
-                marketing=signup_form.marketing.data,
-                client_ip=request.remote_addr,
-                first_name=signup_form.first_name.data,
-                language=language if language in current_app.config["PORTAL_LANGUAGES"] else None,
-                evidence=Evidence(
-                    ip_address=request.remote_addr, user_agent=request.user_agent.string or None
-                ),
-            )
-            db.session.commit()
-        except (contacts.ContactError, optin.TransitionRefused, MessageRejected):
-            # Refused by a rule (an address that cannot be mailed, a record that may not
-            # change): nothing is saved, and the answer stays the same as for any address.
-            db.session.rollback()
+        webforms.queue(
+            signup_form.email.data,
+            mailing_lists,
+            marketing=signup_form.marketing.data,
+            client_ip=request.remote_addr,
+            first_name=signup_form.first_name.data,
+            language=language if language in current_app.config["PORTAL_LANGUAGES"] else None,
+            evidence=Evidence(
+                ip_address=request.remote_addr, user_agent=request.user_agent.string or None
+            ),
+        )
+        db.session.commit()
     return redirect(url_for("signup.sent"), code=303)
 
 
