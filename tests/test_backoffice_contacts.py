@@ -528,17 +528,43 @@ def test_a_stopped_record_refuses_edits(agent_client, people):
     assert "Edit the fields" not in _record(agent_client, ada).text
 
 
-def test_a_stale_form_shows_the_record_as_it_is_now(agent_client, people):
+def test_a_stale_form_keeps_what_was_typed_shows_what_was_saved_and_saves_again(
+    agent_client, people
+):
     cy = people["cy"]
-    stale = edit_form(agent_client, cy, first_name="Mine")
-    fresh = edit_form(agent_client, cy, first_name="Theirs")
+    stale = edit_form(
+        agent_client,
+        cy,
+        first_name="Mine",
+        phone="555 0100",
+        sales_stage="won",
+        card_number="4000 0000 0000 9876",
+    )
+    fresh = edit_form(agent_client, cy, first_name="Theirs", region="UK")
     assert agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=fresh).status_code == 303
     response = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=stale)
     assert response.status_code == 200
-    assert "Someone changed this record after you opened the form" in response.text
-    assert 'value="Theirs"' in response.text
+    page = unescape(response.text)
+    assert "Someone changed this record after you opened the form" in page
+    # What was typed is still in the form; beside a field, what was saved meanwhile.
+    assert 'value="Mine"' in page and 'value="555 0100"' in page and 'value="won"' in page
+    assert 'value="EU"' in page  # the region as the form had it: theirs is shown beside it
+    assert re.search(r'aria-describedby="now-first_name"', page)
+    assert re.search(r'id="now-first_name">Saved meanwhile: “Theirs”\.<', page)
+    assert re.search(r'id="now-region">Saved meanwhile: “UK”\.<', page)
+    # A sensitive value is never written back into the page: the form says to type it again.
+    assert "9876" not in page and "type it again to save it" in page
     db.session.expire_all()
-    assert cy.first_name == "Theirs"
+    assert (cy.first_name, cy.region) == ("Theirs", "UK")
+    # The form carries the record's new version: saving it as it stands now works.
+    again = dict(stale, version=re.search(r'name="version" value="(\d+)"', page).group(1))
+    again["region"] = "UK"
+    saved = agent_client.post(f"/staff/contacts/{cy.public_id}/edit", data=again)
+    assert saved.status_code == 303
+    db.session.expire_all()
+    assert (cy.first_name, cy.region, cy.phone) == ("Mine", "UK", "555 0100")
+    assert contacts.field_value(cy, "sales_stage") == "won"
+    assert contacts.field_value(cy, "card_number", reveal=True) == "4000 0000 0000 9876"
 
 
 def test_changing_the_address_resets_a_double_opt_in_and_old_links(agent_client, people):

@@ -74,15 +74,29 @@ def contact_reveal(public_id: str, field_name: str):
     return _render_show(contact, revealed={field_name: value})
 
 
+def _saved_now(contact: Contact, fields, values: dict) -> dict[str, str]:
+    """Return what the record holds now in each field where that is not what was typed."""
+    builtin = (*contact_records.TEXT_FIELDS, "language", "kind")
+    held = {name: getattr(contact, name) or "" for name in builtin}
+    # A sensitive value is never shown: its box's hint shows the stored mask already.
+    held.update({row.definition.name: row.value or "" for row in fields
+                 if not row.definition.sensitive})
+    return {name: value for name, value in held.items()
+            if name in values and values[name].split() != value.split()}
+
+
 def _render_edit(contact: Contact, *, values=None, errors=None, email_value=None, stale=False):
+    fields = contact_records.field_rows(contact, current_user)
     return render_template(
         "backoffice/contacts/edit.html",
         contact=contact,
-        fields=contact_records.field_rows(contact, current_user),
+        fields=fields,
         values=values,
         errors=errors or {},
         email_value=email_value,
         stale=stale,
+        # A stale form keeps what was typed: beside it, what someone else saved meanwhile.
+        saved_now=_saved_now(contact, fields, values) if stale else {},
         languages=current_app.config["PORTAL_LANGUAGES"],
     )
 
@@ -114,7 +128,8 @@ def contact_update(public_id: str):
             actor=staff_actor(),
         )
     except contact_records.StaleRecord:
-        return _render_edit(contact, stale=True)
+        # The form comes back with the record's new version, so that saving it again works.
+        return _render_edit(contact, values=values, stale=True)
     except ContactError as error:
         return _render_edit(contact, values=values, errors={"record": str(error)})
     if errors:
