@@ -20,7 +20,9 @@ from html.parser import HTMLParser
 from flask_babel import force_locale
 from flask_babel import gettext as _
 from jinja2 import Template
-from jinja2 import TemplateError
+from jinja2 import TemplateSyntaxError
+from jinja2 import UndefinedError
+from jinja2 import nodes
 from markupsafe import Markup
 from markupsafe import escape
 
@@ -49,6 +51,9 @@ def _template(source: str) -> Template:
         _compiled[source] = found
     return found
 
+
+#: What would bring in another template: a footer has none to use (no loader).
+_OTHER_TEMPLATES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 
 #: A link left without its address (an impersonal footer's preference link), as nh3 writes it.
 _EMPTY_LINK = re.compile(r'<a(?: href="")?(?: rel="[^"]*")?>(.*?)</a>', re.S)
@@ -90,16 +95,41 @@ def problem(source: str) -> str | None:
     """
     if not source.strip():
         return None
+    # Jinja's and Python's own texts ("Expected an expression, got 'end of statement block'",
+    # "ZeroDivisionError") are for developers: staff are told what is wrong, and on which line.
     try:
         template = _template(source)
+        other = next(_environment.parse(source).find_all(_OTHER_TEMPLATES), None)
+        if other is not None:
+            return _(
+                "A footer cannot use other templates: remove the include, extends or import on "
+                "line %(line)s.",
+                line=other.lineno,
+            )
         for context in _TRIALS:
             sandbox.render(template, context)
     except sandbox.TemplateLimit as error:
         return _("The footer cannot be rendered: %(error)s", error=str(error))
-    except TemplateError as error:
-        return _("The footer is not a valid template: %(error)s", error=str(error)[:200])
+    except TemplateSyntaxError as error:
+        return _(
+            "The footer is not a valid template: on line %(line)s, a {{ … }} or {%% … %%} is "
+            "incomplete, misspelt or never closed.",
+            line=error.lineno or 1,
+        )
+    except UndefinedError as error:
+        return _(
+            "The footer cannot be rendered: line %(line)s uses a value a footer does not have. "
+            "It may use %(names)s.",
+            line=sandbox.line_of(error) or 1,
+            names="preferences_url, first_name, last_name, name, fields.<name>",
+        )
     except Exception as error:
-        return _("The footer cannot be rendered: %(error)s", error=type(error).__name__)
+        # Whatever else the sandboxed template raises (a division by zero, a SecurityError,
+        # a RecursionError) is its failure.
+        return _(
+            "The footer cannot be rendered: line %(line)s fails with a sample contact's values.",
+            line=sandbox.line_of(error) or 1,
+        )
     return None
 
 

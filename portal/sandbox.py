@@ -381,6 +381,17 @@ def _concat(eval_context, parts: list):
     return markup_join(parts) if eval_context.autoescape else str_join(parts)
 
 
+def line_of(error: BaseException) -> int | None:
+    """Return the line of the staff template where `error` was raised, if it was raised while
+    one rendered: Jinja rewrites the traceback so that the template's own lines show in it."""
+    line, frame = None, error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename == "<template>":
+            line = frame.tb_lineno  # the innermost one: in a macro, the macro's own line
+        frame = frame.tb_next
+    return line
+
+
 def render(template, context: dict) -> str:
     """Render a template made by a StaffSandbox within its budget; raise TemplateLimit if over."""
     budget = _Budget(size=max_size(), steps=MAX_STEPS,

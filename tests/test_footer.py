@@ -339,7 +339,7 @@ def test_the_contacts_own_fresh_link_has_no_footer(app, reader, smtp, staff_foot
     [
         ("<p>{% for x in %}</p>", "The footer is not a valid template"),
         ("<p>{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}</p>", "cannot be rendered"),
-        ("<p>{{ 10 // first_name|length }}</p>", "cannot be rendered: ZeroDivisionError"),
+        ("<p>{{ 10 // first_name|length }}</p>", "cannot be rendered: line 1 fails"),
         ("<p>{{ 'a' * 10**9 }}</p>",
          "cannot be rendered: a repeated text or list would be larger than 524,288 characters"),
         ("<p>{% for i in range(10**5) %}{% for j in range(10**5) %}{% endfor %}{% endfor %}</p>",
@@ -362,3 +362,41 @@ def test_the_settings_form_refuses_a_footer_that_cannot_render(
         data=settings_data(csrf_token(page.text), footer_html="<p>Hello {{ first_name }}</p>"),
     ).status_code == 303
     assert settings.values()["footer_html"] == "<p>Hello {{ first_name }}</p>"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "<p>Acme</p>\n<p>{% if %}yes{% endif %}</p>",
+            "The footer is not a valid template: on line 2, a {{ … }} or {% … %} is incomplete",
+        ),
+        ("<p>Acme</p>\n<p>{% if x %}</p>", "on line 2, a {{ … }} or {% … %} is incomplete"),
+        (
+            "<p>Acme</p>\n\n<p>{{ 1 / 0 }}</p>",
+            "The footer cannot be rendered: line 3 fails with a sample contact's values.",
+        ),
+        (
+            "<p>{{ fields.tier.name }}</p>",
+            "line 1 uses a value a footer does not have. It may use preferences_url, first_name",
+        ),
+        (
+            "<p>Acme</p>\n{% include 'footer.html' %}",
+            "cannot use other templates: remove the include, extends or import on line 2.",
+        ),
+    ],
+)
+def test_a_broken_footer_is_refused_in_plain_words_with_its_line(admin_client, source, message):
+    page = admin_client.get("/staff/settings")
+    response = admin_client.post(
+        "/staff/settings", data=settings_data(csrf_token(page.text), footer_html=source)
+    )
+    assert response.status_code == 200
+    error = re.search(r'id="footer_html-error">(.*?)</p>', response.text, re.S)
+    error = error.group(1).replace("&#39;", "'")
+    assert message in error
+    # No exception's name, nor Jinja's or Python's own words.
+    assert not re.search(r"Error|Expected|undefined|division|loader", error)
+    marked = 'aria-describedby="footer_html-hint footer_html-error" aria-invalid="true"'
+    assert f"<textarea {marked}" in response.text
+    assert settings.current() is None

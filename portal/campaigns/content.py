@@ -77,10 +77,22 @@ def raise_all(errors: list[CampaignError]) -> None:
 
 
 class RenderError(CampaignError):
-    """A template failed for one contact's values; `kind` names the error, never a value."""
+    """A template failed for one contact's values; `kind` names the error, never a value.
+
+    The message says on which line, not what Python or Jinja said ("integer division or
+    modulo by zero", "'str object' has no attribute 'x'"): those words are for developers.
+    """
 
     def __init__(self, error: Exception, field: str):
-        super().__init__(str(error) or type(error).__name__, field)
+        line = sandbox.line_of(error)
+        where = f"line {line}" if line else "the template"
+        if isinstance(error, sandbox.TemplateLimit):
+            message = str(error)  # its own plain words: which budget it goes over
+        elif isinstance(error, jinja2.UndefinedError):
+            message = f"{where} uses a value that is not there"
+        else:
+            message = f"{where} fails"
+        super().__init__(message, field)
         self.kind = type(error).__name__
 
 
@@ -97,7 +109,13 @@ def parse(environment: sandbox.StaffSandbox, source: str, field: str) -> set[str
     try:
         names = meta.find_undeclared_variables(environment.parse(source))
     except jinja2.TemplateSyntaxError as error:
-        raise CampaignError(f"line {error.lineno}: {error.message}", field) from None
+        # Jinja's own words ("Expected an expression, got 'end of statement block'") are for
+        # developers.
+        raise CampaignError(
+            f"line {error.lineno}: a {{{{ … }}}} or {{% … %}} is incomplete, misspelt or never "
+            "closed",
+            field,
+        ) from None
     unknown = sorted(names - set(PLACEHOLDERS))
     if unknown:
         raise CampaignError(
