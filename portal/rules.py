@@ -33,6 +33,7 @@ in both evaluators, so a rule that no longer holds (a field since marked sensiti
 """
 
 import difflib
+import re
 import string
 
 import sqlalchemy as sa
@@ -58,6 +59,7 @@ MAX_VALUE_LENGTH = 200
 CHOICES = {"kind": KINDS, "opt_in_status": tuple(status.value for status in OptIn)}
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RuleError(ValueError):
@@ -212,6 +214,10 @@ def _text(name: str, op: str, value) -> str:
         # No value on file holds one (PostgreSQL cannot store it in text), and inside the
         # rule's JSON it would pass the check that refuses it in text (db.holds_nul).
         raise RuleError(f"field {name!r}: a value cannot hold a NUL character")
+    if _SURROGATE.search(trimmed):
+        # Only a JSON escape (a nested rule's "\ud800") makes one: it is half a character,
+        # which no database driver can send, so counting the rule would fail.
+        raise RuleError(f"field {name!r}: a value cannot hold half a character (a lone surrogate)")
     return trimmed
 
 

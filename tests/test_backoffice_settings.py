@@ -556,7 +556,9 @@ def test_the_preview_of_an_unknown_contact_says_so(admin_client):
     )
     assert admin_client.get("/staff/settings/preview/page?contact=nobody").status_code == 404
     bad = admin_client.get("/staff/settings/preview?opt_in_status=forever")
-    assert bad.status_code == 200 and "Not a valid choice" in bad.text
+    assert bad.status_code == 200
+    assert error_next_to(bad.text, "opt_in_status") == "Choose one of the offered values."
+    assert '<select aria-describedby="opt_in_status-error" aria-invalid="true"' in bad.text
 
 
 def test_a_nested_rule_the_rows_cannot_show_is_kept_as_it_is(admin_client):
@@ -584,6 +586,74 @@ def test_a_nested_rule_the_rows_cannot_show_is_kept_as_it_is(admin_client):
     assert admin_client.post("/staff/settings", data=data).status_code == 303
     assert settings.values()["audience_rule"] == nested
     assert settings.values()["footer_html"] == "<p>New footer</p>"
+
+
+@pytest.mark.parametrize(
+    ("nested", "message"),
+    [
+        ("not json", "came back from the form damaged, so nothing is saved"),
+        ("[" * 100_000, "came back from the form damaged"),  # json gives up: too deep
+        ("1" * 5000, "came back from the form damaged"),  # json gives up: too many digits
+        ("null", "came back from the form damaged"),  # not "everyone"
+        ("[]", "came back from the form damaged"),
+        ("42", "came back from the form damaged"),
+        ('"region = EU"', "came back from the form damaged"),
+        ('{"all": "x"}', "cannot be used: 'all' takes a non-empty list of rules, not text"),
+        ('{"any": [{"field": "region"}], "x": 1}', "cannot be used: a group has the one key"),
+        ('{"field": "region", "op": "equals", "value": "EU", "and": 1}', "unexpected key 'and'"),
+        ('{"field": "region", "op": "equals", "value": "\\ud800"}', "half a character"),
+    ],
+)
+def test_a_damaged_nested_rule_is_refused_beside_the_rule_and_never_fails(
+    admin_client, people, nested, message
+):
+    page = admin_client.get("/staff/settings")
+    data = settings_data(csrf_token(page.text), note="n", **{"audience-nested": nested})
+    response = admin_client.post("/staff/settings", data=data)
+    assert response.status_code == 200
+    error = error_next_to(response.text, "audience-nested").replace("&#39;", "'")
+    assert message in error
+    assert "Expecting value" not in error and "Exceeds the limit" not in error
+    assert 'id="rule-audience" aria-describedby="audience-nested-error"' in response.text
+    assert settings.current() is None
+    # Its Count says why there is no number, and never fails either.
+    counted = admin_client.post(
+        "/staff/settings", data={**data, "count": "audience"}, headers={"HX-Request": "true"}
+    )
+    assert counted.status_code == 200
+    assert "Not counted: The rule with nested groups" in counted.text
+
+
+def test_a_value_a_choice_does_not_offer_is_refused_beside_its_field(admin_client):
+    page = admin_client.get("/staff/settings")
+    data = settings_data(
+        csrf_token(page.text),
+        campaign_policy="everyone",
+        **{"audience-combine": "both", "audience-rows-0-field": "region",
+           "audience-rows-0-op": "equals", "audience-rows-0-value": "EU"},
+    )
+    response = admin_client.post("/staff/settings", data=data)
+    assert response.status_code == 200
+    for field in ("campaign_policy", "audience-combine"):
+        assert error_next_to(response.text, field) == "Choose one of the offered values."
+        # Every option of the group is marked and points at the message.
+        options = re.findall(rf'<input[^>]*id="{field}-\d"[^>]*>', response.text)
+        assert options and all('aria-invalid="true"' in option for option in options)
+        assert all(f"{field}-error" in option for option in options)
+    assert 'aria-describedby="policy-advice campaign_policy-error"' in response.text
+    assert "Not a valid choice" not in response.text
+    assert settings.current() is None
+
+    page = admin_client.get("/staff/settings/consents/new")
+    response = admin_client.post(
+        "/staff/settings/consents/new",
+        data={"csrf_token": csrf_token(page.text), "kind": "secret", "title": "T", "text": "X",
+              "condition-combine": "all"},
+    )
+    assert response.status_code == 200
+    assert error_next_to(response.text, "kind") == "Choose one of the offered values."
+    assert re.search(r'<select aria-describedby="kind-error" aria-invalid="true"', response.text)
+    assert db.session.scalar(sa.select(ConsentDefinition)) is None
 
 
 def test_the_consent_form_counts_its_condition_with_htmx(admin_client, people):

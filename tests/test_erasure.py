@@ -1,6 +1,7 @@
 """Erasure (P8, B5): requests against their deadline, "Erase personal data", "Delete record",
 the receipt, the suppression that keeps the address out, and the erasure log."""
 
+import re
 from datetime import timedelta
 from html import unescape
 
@@ -380,6 +381,28 @@ def test_an_extension_needs_a_reason_is_told_to_the_contact_and_is_capped(admin_
     )
     assert more.status_code == 200
     assert "at most 2 further months" in more.text
+
+
+def test_an_extension_the_form_does_not_offer_is_refused_beside_the_choice(admin_client, smtp):
+    contact = _request("slow@example.com", 10)
+    db.session.commit()
+    deadline = erasure.request_of(contact).deadline
+    url = f"/staff/erasure/{contact.public_id}/extend"
+    form = admin_client.get(url)
+    response = admin_client.post(
+        url, data={"csrf_token": csrf_token(form.text), "months": "7", "reason": "Busy."}
+    )
+    assert response.status_code == 200
+    error = re.search(r'<p class="error" id="months-error">([^<]*)</p>', response.text)
+    assert error and error.group(1) == "Choose one of the offered values."
+    options = re.findall(r'<input[^>]*name="months"[^>]*>', response.text)
+    assert len(options) == 2
+    assert all('aria-invalid="true"' in option and "months-error" in option for option in options)
+    assert "Busy.</textarea>" in response.text  # the reason typed stays
+    db.session.expire_all()
+    assert erasure.request_of(contact).deadline == deadline
+    outbox.work(once=True)
+    assert not smtp.to("slow@example.com")  # the contact is told nothing
 
 
 def test_an_overdue_request_cannot_be_extended_any_more(admin_client):

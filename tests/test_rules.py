@@ -187,6 +187,14 @@ def many(count: int) -> dict:
             "field 'region': a value cannot hold a NUL character",
         ),
         (
+            {"field": "region", "op": "equals", "value": "E\ud800U"},
+            "field 'region': a value cannot hold half a character (a lone surrogate)",
+        ),
+        (
+            {"field": "region", "op": "in", "value": ["EU", "\udfff"]},
+            "field 'region': a value cannot hold half a character (a lone surrogate)",
+        ),
+        (
             {"field": "region", "op": "in", "value": [str(n) for n in range(101)]},
             "field 'region': in takes at most 100 values",
         ),

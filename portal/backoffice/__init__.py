@@ -8,7 +8,9 @@ from flask import Blueprint
 from flask import abort
 from flask import make_response
 from flask import request
+from flask_babel import lazy_gettext as _l
 from flask_login import current_user
+from wtforms import SelectField
 
 from portal.contact_filters import has_control_characters
 from portal.contacts import Contact
@@ -81,6 +83,26 @@ def framed(html: str | None, policy: str, *, new_tab: bool = False):
     response.headers["Content-Security-Policy"] = policy
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
+
+
+#: What a select or radio field says of a value it does not offer (a stale or made-up form).
+NOT_OFFERED = _l("Choose one of the offered values.")
+
+
+class OfferedChoices:
+    """Mixed into a form: its select and radio fields answer a value they do not offer with
+    NOT_OFFERED, beside the field, in place of WTForms' "Not a valid choice." or "Invalid
+    Choice: could not coerce."."""
+
+    class Meta:
+        def bind_field(self, form, unbound_field, options):
+            if issubclass(unbound_field.field_class, SelectField):
+                messages = ("invalid_choice_message", "invalid_value_message")
+                options = {
+                    **{name: NOT_OFFERED for name in messages if name not in unbound_field.kwargs},
+                    **options,
+                }
+            return super().bind_field(form, unbound_field, options)
 
 
 def role_required(*roles: str):

@@ -26,6 +26,7 @@ from portal import catalogue
 from portal import htmx
 from portal import rules
 from portal import settings
+from portal.backoffice import OfferedChoices
 from portal.backoffice import bp
 from portal.backoffice import framed
 from portal.backoffice import role_required
@@ -62,7 +63,7 @@ FAILURE_LABELS = {
 }
 
 
-class CampaignForm(FlaskForm):
+class CampaignForm(OfferedChoices, FlaskForm):
     subject = StringField(_l("Subject"), validators=[DataRequired(), Length(max=200)])
     list_id = SelectField(_l("Mailing list"), coerce=int)
     audience = FormField(RuleForm, label=_l("Who on the list receives it (audience rule)"))

@@ -19,6 +19,7 @@ from wtforms.validators import Length
 from portal import erasure
 from portal import htmx
 from portal import restriction
+from portal.backoffice import OfferedChoices
 from portal.backoffice import bp
 from portal.backoffice import contact_or_404
 from portal.backoffice import role_required
@@ -35,7 +36,7 @@ class ReasonForm(FlaskForm):
     )
 
 
-class ExtensionForm(FlaskForm):
+class ExtensionForm(OfferedChoices, FlaskForm):
     months = RadioField(
         _l("Extend by"),
         choices=[SelectChoice("1", _l("one month")), SelectChoice("2", _l("two months"))],

@@ -76,7 +76,8 @@ def uncountable(rule_form) -> tuple[dict | None, dict | None]:
     if valid:
         return rule, None
     reasons = [error for entry in rule_form.rows for error in entry.form.value.errors]
-    reason = (reasons or list(rule_form.combine.errors) or [""])[0]
+    reasons += [*rule_form.nested.errors, *rule_form.combine.errors]
+    reason = (reasons or [""])[0]
     return None, {"error": _("Not counted: %(reason)s", reason=reason)}
 
 

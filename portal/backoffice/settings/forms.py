@@ -25,6 +25,7 @@ from wtforms.validators import Length
 from wtforms.validators import Optional
 
 from portal import rules
+from portal.backoffice import OfferedChoices
 from portal.contacts import KINDS
 from portal.contacts import OptIn
 from portal.db import canonical_json
@@ -33,6 +34,10 @@ from portal.db import whole_number
 STALE_FORM = _l("This form is incomplete. Reload the page and make your changes again.")
 HALF_A_WORDING = _l("Give both a title and a text in this language, or neither.")
 NAME_FIRST = _l("Give the name in this language too, or leave its description empty.")
+NESTED_DAMAGED = _l(
+    "The rule with nested groups came back from the form damaged, so nothing is saved. Open "
+    "the form again to start from the saved rule, or replace it with conditions in the rows."
+)
 
 
 def language_name(language: str | None) -> str:
@@ -82,14 +87,14 @@ def options(labels: dict) -> list[SelectChoice]:
     return [SelectChoice(value, label) for value, label in labels.items()]
 
 
-class ConditionForm(Form):
+class ConditionForm(OfferedChoices, Form):
     # Choices are filled in per request; an unknown name gets the rule's own message.
     field = SelectField(_l("Field"), choices=[], validate_choice=False)
     op = SelectField(_l("Operator"), choices=options(OPERATOR_LABELS), validate_choice=False)
     value = StringField(_l("Value"), validators=[Optional(), Length(max=4000)])
 
 
-class RuleForm(Form):
+class RuleForm(OfferedChoices, Form):
     combine = RadioField(
         _l("Combine the conditions"),
         default="all",
@@ -127,7 +132,7 @@ class PolicyWordingForm(Form):
     html = TextAreaField(_l("Policy statement"), validators=[Length(max=50000)])
 
 
-class SettingsForm(FlaskForm):
+class SettingsForm(OfferedChoices, FlaskForm):
     based_on = EditNumberField()
     page_enabled = BooleanField(_l("Contacts can use the preference page"))
     audience = FormField(RuleForm, label=_l("Who may use the page (audience)"))
@@ -218,7 +223,7 @@ class InLanguages:
         return posted if complete else None
 
 
-class ConsentForm(InLanguages, FlaskForm):
+class ConsentForm(InLanguages, OfferedChoices, FlaskForm):
     PARTS = ("title", "text")
     BOTH = True
 
@@ -271,7 +276,7 @@ class ListForm(InLanguages, FlaskForm):
         return _l("Description in %(language)s", language=language)
 
 
-class PreviewForm(FlaskForm):
+class PreviewForm(OfferedChoices, FlaskForm):
     class Meta:
         csrf = False  # a GET form that changes nothing
 
@@ -337,11 +342,7 @@ def rule_from(form: RuleForm) -> tuple[dict | None, bool]:
             row.value.errors = [str(error)]
             valid = False
     if not conditions and form.nested.data:
-        try:
-            return rules.validate(json.loads(form.nested.data)), valid
-        except (ValueError, rules.RuleError) as error:
-            form.combine.errors = [str(error)]
-            return None, False
+        return _nested_rule(form), valid and not form.nested.errors
     if not valid or not conditions:
         return None, valid
     rule = conditions[0] if len(conditions) == 1 else {form.combine.data or "all": conditions}
@@ -350,6 +351,32 @@ def rule_from(form: RuleForm) -> tuple[dict | None, bool]:
     except rules.RuleError as error:
         form.combine.errors = [str(error)]
         return None, False
+
+
+def _nested_rule(form: RuleForm) -> dict | None:
+    """Return the rule the editor's hidden nested rule holds, or None with the reason beside it.
+
+    Only a damaged or made-up form sends anything but the JSON object the editor was given, and
+    json's own messages ("Expecting value: line 1 column 1 (char 0)") are no help to staff.
+    """
+    try:
+        rule = json.loads(form.nested.data)
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        rule = None
+    if not isinstance(rule, dict):
+        form.nested.errors = [NESTED_DAMAGED]
+        return None
+    try:
+        return rules.validate(rule)
+    except rules.RuleError as error:
+        form.nested.errors = [
+            _l(
+                "The rule with nested groups cannot be used: %(reason)s. Replace it with "
+                "conditions in the rows.",
+                reason=str(error),
+            )
+        ]
+        return None
 
 
 def describe_rule(rule: dict | None) -> str:
