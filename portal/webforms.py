@@ -155,11 +155,13 @@ def queue(
         "signup", normalised, client_ip, per_ip=PER_IP, per_address=PER_ADDRESS
     )
     evidence = evidence or Evidence()
+    # Over its limits, the row keeps nothing personal: the worker drops it.
     db.session.add(QueuedSignup(
         address=normalised if allowed else None, list_ids=[item.id for item in mailing_lists],
-        marketing=marketing, first_name=(first_name or "").strip()[:100] or None,
-        language=language, ip_address=(evidence.ip_address or "")[:45] or None,
-        user_agent=(evidence.user_agent or "")[:500] or None,
+        marketing=marketing, language=language,
+        first_name=(first_name or "").strip()[:100] or None if allowed else None,
+        ip_address=(evidence.ip_address or "")[:45] or None if allowed else None,
+        user_agent=(evidence.user_agent or "")[:500] or None if allowed else None,
     ))
 
 

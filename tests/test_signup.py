@@ -169,6 +169,9 @@ def test_every_sign_up_request_does_the_same_work_in_the_same_statements(
                                 .order_by(webforms.QueuedSignup.id)).all()
     assert queued == (["warm-up@example.com", "dana@example.com", "new@example.com",
                        "gone@example.com"] + ["again@example.com"] * 5 + [None])
+    over_the_limit = db.session.scalars(sa.select(webforms.QueuedSignup)
+                                        .order_by(webforms.QueuedSignup.id.desc())).first()
+    assert (over_the_limit.ip_address, over_the_limit.user_agent) == (None, None)
     assert contact("new@example.com") is None  # not before the worker's pass
     outbox.work(once=True)
     assert db.session.scalar(sa.select(sa.func.count()).select_from(webforms.QueuedSignup)) == 0
