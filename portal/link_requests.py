@@ -27,9 +27,11 @@ from portal.db import db
 from portal.db import utcnow
 from portal.gate import Category
 from portal.links import manage_url
+from portal.logs import MASK_PERSONAL_DATA
 from portal.mail import MessageRejected
 
 log = logging.getLogger(__name__)
+log.addFilter(MASK_PERSONAL_DATA)  # what it logs may quote an address
 
 #: Requests turned into mail per transaction.
 BATCH = 100
@@ -107,7 +109,14 @@ def answer(limit: int = BATCH) -> int:
         if not _wanted(contact):
             continue
         try:
-            send_link(contact, Category.OWN_ACTION, _l("Your link to your privacy preferences"))
+            with db.session.begin_nested():
+                send_link(contact, Category.OWN_ACTION,
+                          _l("Your link to your privacy preferences"))
         except MessageRejected as error:
             log.warning("fresh link for contact %s not queued: %s", contact.public_id, error)
+        except sa.exc.OperationalError:
+            raise  # the database is away: the worker rolls back, and the rows come back
+        except Exception:
+            # A fault of ours in one mail must not hold up every mail behind it.
+            log.exception("fresh link for contact %s failed and is dropped", contact.public_id)
     return len(taken)

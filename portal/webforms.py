@@ -42,9 +42,11 @@ from portal.db import utcnow
 from portal.hardening import quietly_allowed_for
 from portal.ledger import Evidence
 from portal.links import public_url
+from portal.logs import MASK_PERSONAL_DATA
 from portal.mail import MessageRejected
 
 log = logging.getLogger(__name__)
+log.addFilter(MASK_PERSONAL_DATA)  # what it logs may quote an address
 
 PER_ADDRESS = "5 per hour"
 PER_IP = "30 per hour"
@@ -206,6 +208,12 @@ def answer_queued(limit: int = BATCH) -> int:
                                           user_agent=row.user_agent))
         except (contacts.ContactError, optin.TransitionRefused, MessageRejected) as error:
             log.info("queued sign-up %s not done: %s", row.id, error)
+        except sa.exc.OperationalError:
+            raise  # the database is away: the worker rolls back, and the rows come back
+        except Exception:
+            # A fault of ours in one sign-up must not hold up every mail behind it: the row is
+            # dropped (its savepoint undone) and the error logged, masked, for the operator.
+            log.exception("queued sign-up %s failed and is dropped", row.id)
     return len(taken)
 
 

@@ -180,6 +180,31 @@ def test_every_sign_up_request_does_the_same_work_in_the_same_statements(
     assert contact("gone@example.com") is None
 
 
+def test_a_sign_up_that_fails_is_dropped_and_holds_up_no_mail(
+    app, news, visitor, smtp, monkeypatch, caplog
+):
+    # A fault in one queued sign-up (here made up) must not stop the outbox worker, nor make
+    # it try the same row on every pass while the mail behind it waits.
+    real_new_lead = webforms._new_lead
+
+    def failing(address, *args):
+        if address == "poison@example.com":
+            raise RuntimeError(f"cannot add {address}")
+        return real_new_lead(address, *args)
+
+    monkeypatch.setattr(webforms, "_new_lead", failing)
+    for address in ("poison@example.com", "fine@example.com"):
+        visitor.post("/f/news", data={"email": address, "marketing": "yes"})
+    outbox.work(once=True)
+    assert [m.rcpt_tos for m in smtp.messages] == [["fine@example.com"]]
+    assert contact("poison@example.com") is None
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(webforms.QueuedSignup)) == 0
+    [failure] = [r for r in caplog.records if "failed and is dropped" in r.getMessage()]
+    assert "poison@example.com" not in (failure.getMessage() + (failure.exc_text or ""))
+    outbox.work(once=True)
+    assert len(smtp.messages) == 1
+
+
 def test_the_limit_per_ip_holds_across_addresses(app, news, visitor):
     for number in range(33):
         assert sign_up(visitor, f"person{number}@example.com").status_code == 303
