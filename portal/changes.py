@@ -224,11 +224,14 @@ def _send(contact: Contact, template: str, subject, language: str, **context) ->
                              reason="the address on file cannot receive our email")
         return
     with force_locale(language):
+        subject = str(subject)
         outbox.enqueue(
             category=Category.OWN_ACTION, contact=contact, recipient=contact.email,
-            subject=str(subject),
-            text_body=render_template(f"mail/{template}.txt", contact=contact, **context),
-            html_body=render_template(f"mail/{template}.html", contact=contact, **context),
+            subject=subject,
+            text_body=render_template(f"mail/{template}.txt", contact=contact, subject=subject,
+                                      **context),
+            html_body=render_template(f"mail/{template}.html", contact=contact, subject=subject,
+                                      **context),
         )
 
 

@@ -127,8 +127,8 @@ def _queue_mail(
             if reminder
             else _("Please confirm you want our email")
         )
-        text = render_template("mail/double_opt_in.txt", **context)
-        html = render_template("mail/double_opt_in.html", **context)
+        text = render_template("mail/double_opt_in.txt", subject=subject, **context)
+        html = render_template("mail/double_opt_in.html", subject=subject, **context)
     if category is gate.Category.NOTICE:
         # Staff asked (N4: their mail carries the footer). A sign-up's own request asks one
         # thing of an address nobody has confirmed yet, and is pruned unanswered: no footer.

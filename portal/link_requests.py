@@ -90,11 +90,12 @@ def send_link(contact: Contact, category: str, subject) -> None:
     a lazy string, translated into it)."""
     context = {"name": contact.first_name, "url": manage_url(contact)}
     with force_locale(contact.language or "en"):
+        subject = str(subject)
         outbox.enqueue(
             category=category, contact=contact, recipient=contact.email,
-            subject=str(subject),
-            text_body=render_template("mail/preference_link.txt", **context),
-            html_body=render_template("mail/preference_link.html", **context),
+            subject=subject,
+            text_body=render_template("mail/preference_link.txt", subject=subject, **context),
+            html_body=render_template("mail/preference_link.html", subject=subject, **context),
         )
 
 

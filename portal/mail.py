@@ -1,9 +1,12 @@
-"""Email: the Flask-Mail extension, header checks, and turning an outbox row into a message.
+"""Email: the Flask-Mail extension, header checks, the HTML part's document, and turning an
+outbox row into a message.
 
 Flask-Mail checks the subject, sender and recipients for CR/LF but not the extra headers, so
 every header value is checked here before a message is queued (SECURITY.md 7).
 """
 
+import html
+import re
 import secrets
 import smtplib
 import uuid
@@ -66,6 +69,32 @@ def check_address(value: str, what: str = "address") -> str:
         return normalise_email(check_header("To", value))
     except (InvalidEmail, MessageRejected):
         raise MessageRejected(f"the {what} {value!r} is not an address we can mail") from None
+
+
+def html_document(body: str, *, language: str, title: str) -> str:
+    """Return an HTML part's body as a whole document in the mail's language, titled with its
+    subject, as mail clients and screen readers expect (WCAG 3.1.1, 2.4.2).
+
+    The frame is that of templates/mail/_layout.html, for the mails written as templates:
+    this one is for those assembled in code (a campaign's staff-written fragment and footer).
+    """
+    return (
+        f'<!doctype html>\n<html lang="{html.escape(language)}">\n'
+        f'<head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
+        f"<body>\n{body}\n</body>\n</html>"
+    )
+
+
+#: How an HTML part framed by html_document or the mail layout starts, with its language.
+_DOCUMENT_LANGUAGE = re.compile(
+    r'<!doctype html>\s*<html lang="([A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8})*)"', re.IGNORECASE
+)
+
+
+def html_language(html_body: str | None) -> str | None:
+    """Return the language an HTML part of ours says it is in (its <html lang>), or None."""
+    found = _DOCUMENT_LANGUAGE.match(html_body or "")
+    return found.group(1).replace("_", "-") if found else None
 
 
 def new_message_id() -> str:
@@ -146,6 +175,11 @@ def build_message(row) -> Message:
     if row.in_reply_to:
         message.extra_headers["In-Reply-To"] = row.in_reply_to
         message.extra_headers["References"] = row.in_reply_to
+    # The mail's language, for readers of the text part too (the demo mailbox marks it up with
+    # it): the one its HTML part was written in, when that is one of our documents.
+    language = html_language(row.html_body)
+    if language and not any(name.lower() == "content-language" for name in message.extra_headers):
+        message.extra_headers["Content-Language"] = language
     return message
 
 

@@ -72,9 +72,9 @@ def _note(contact: Contact, action: str, reason: str, actor: str, event_id: int)
 
 def _mail(contact: Contact, template: str, subject) -> None:
     with force_locale(contact.language or "en"):
-        text = render_template(f"mail/{template}.txt", contact=contact)
-        html = render_template(f"mail/{template}.html", contact=contact)
         subject = str(subject)
+        text = render_template(f"mail/{template}.txt", contact=contact, subject=subject)
+        html = render_template(f"mail/{template}.html", contact=contact, subject=subject)
     # Staff stop or lift it (N4: their mail carries the footer); the page it links to shows
     # the contact that their processing is stopped.
     text, html = footer.add_footer(text, html, contact)

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 from test_backoffice_auth import csrf_token
 from test_backoffice_settings import settings_data
+from test_preferences import read_document
 
 from portal import contacts
 from portal import footer
@@ -143,11 +144,17 @@ STAFF_FOOTER = (
 
 
 def received_parts(smtp, address: str, subject: str) -> tuple[str, str]:
-    """Deliver the outbox and return the plain and HTML parts of the one mail with `subject`."""
+    """Deliver the outbox and return the plain and HTML parts of the one mail with `subject`,
+    checking that the HTML is a whole document titled with it, any footer within its body."""
     outbox.work(once=True)
     [message] = [m.message for m in smtp.to(address) if m.message["Subject"] == subject]
     plain = message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
-    return plain, message.get_body(preferencelist=("html",)).get_content()
+    rich = message.get_body(preferencelist=("html",)).get_content()
+    document = read_document(rich)
+    assert (document.lang, document.title) == ("en", subject)
+    if 'class="footer"' in rich:
+        assert rich.index("<body>") < rich.index('<div class="footer">') < rich.index("</body>")
+    return plain, rich
 
 
 def footer_of(plain: str) -> str:

@@ -11,6 +11,7 @@ from smtp_sink import free_port
 
 from portal import create_app
 from portal import demo
+from portal import link_requests
 from portal import mailbox
 from portal import outbox
 from portal.db import db
@@ -130,6 +131,28 @@ def test_the_mailbox_shows_accented_letters_and_dashes_as_sent(demo_app, encodin
     assert "<p>Hallo Chloé,</p><p>Jemand – vermutlich Sie – hat sie geändert.</p>" in frame
     assert ">Prüfen und bestätigen</a>" in frame
     assert "\ufffd" not in frame and "\\u2013" not in frame
+
+
+def test_the_text_part_is_marked_with_the_language_the_mail_is_in(demo_app):
+    subject = "Ihr Link zu Ihren Einstellungen (Sprachtest)"
+    with demo_app.app_context():
+        contact = demo.contacts.find_by_email("contact06@demo.example")
+        assert contact.language == "de"
+        link_requests.send_link(contact, "own_action", subject)
+        db.session.commit()
+        outbox.work(once=True)
+        ours = next(m.id for m in mailbox.messages() if m.subject == subject)
+    # A message from elsewhere, which says nothing of its language.
+    theirs = _send_encoded(demo_app, "Ohne Sprache", GERMAN_TEXT, GERMAN_HTML, "8bit", "8bit")
+    client = signed_in_client(demo_app)
+
+    # The page is in English; the German text is read as German (WCAG 3.1.2).
+    page = client.get(f"/staff/mailbox/{ours}").text
+    assert '<html lang="en">' in page
+    assert "<dt>Content-Language</dt><dd>de</dd>" in page
+    assert '<pre class="mail-text" lang="de">Guten Tag,' in page
+    # Nothing says what language the other one is in: its text is left to the page's.
+    assert '<pre class="mail-text">Hallo Chloé,' in client.get(f"/staff/mailbox/{theirs}").text
 
 
 def test_the_mail_frame_opens_its_links_in_a_new_tab_and_runs_nothing(demo_app):

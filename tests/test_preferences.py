@@ -85,6 +85,53 @@ def read_form(html: str) -> tuple[str, dict[str, str]]:
     return reader.action, reader.fields
 
 
+class DocumentReader(HTMLParser):
+    """Read how an HTML mail part starts: its doctype, the elements up to <body> in order, the
+    <html lang> and the <title> within <head>."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.doctype: str | None = None
+        self.opened: list[str] = []
+        self.lang: str | None = None
+        self.title: str | None = None
+        self._in: list[str] = []
+
+    def handle_decl(self, decl):
+        self.doctype = decl
+
+    def handle_starttag(self, tag, attrs):
+        if "body" in self.opened:
+            return
+        self.opened.append(tag)
+        if tag == "html":
+            self.lang = dict(attrs).get("lang")
+        if tag == "title" and self._in == ["html", "head"]:
+            self.title = ""
+        if tag not in ("meta", "base", "link"):
+            self._in.append(tag)
+
+    def handle_endtag(self, tag):
+        if self._in and self._in[-1] == tag and "body" not in self._in:
+            self._in.pop()
+
+    def handle_data(self, data):
+        if self._in == ["html", "head", "title"]:
+            self.title += data
+
+
+def read_document(html: str) -> DocumentReader:
+    """Return how an HTML part reads as a document; fail unless it is a whole one: a doctype,
+    then <html>, whose <head> has a charset and a title, then <body>."""
+    reader = DocumentReader()
+    reader.feed(html)
+    assert (reader.doctype or "").lower() == "doctype html", html[:200]
+    assert reader.opened[:2] == ["html", "head"], html[:200]
+    assert "meta" in reader.opened and reader.opened[-1] == "body", html[:200]
+    assert reader.title is not None, html[:200]
+    return reader
+
+
 def manage_path(contact: Contact) -> str:
     return f"/p/{make_token('manage', contact)}"
 
@@ -859,6 +906,32 @@ def test_mail_speaks_the_contacts_language(client, smtp, world):
     for message in received:
         assert '<html lang="de">' in html_of(message)
         assert text_of(message).startswith("Guten Tag,")
+
+
+def test_mail_is_a_whole_document_in_the_contacts_language_titled_with_its_subject(
+    client, smtp, world
+):
+    lena = add_contact("lena@example.com", language="de")
+    lists.set_subscription(lena, world.news, True, method="test", actor="test")
+    db.session.commit()
+
+    client.environ_base["HTTP_ACCEPT_LANGUAGE"] = "en"
+    post_page(client, manage_path(lena), clear=("list:news",), choose={"list:offers": "on"})
+    deliver()
+    (confirm,) = [m.message for m in smtp.to("lena@example.com") if "/c/" in text_of(m.message)]
+    press(client, link_in(confirm, "c"))
+    deliver()
+    received = [m.message for m in smtp.to("lena@example.com")]
+    assert len(received) == 3  # the notice, the confirmation and the receipt
+    for message in received:
+        subject = message["Subject"]
+        assert subject not in (NOTICE_SUBJECT, CONFIRM_SUBJECT)  # in German, as the mail is
+        document = read_document(html_of(message))
+        # Mail clients and screen readers name the mail by its title, and read it in its
+        # language (WCAG 2.4.2, 3.1.1); the text part's readers have its Content-Language.
+        assert document.lang == "de"
+        assert document.title == subject
+        assert message["Content-Language"] == "de"
 
 
 def test_the_confirmation_lists_every_grant_and_the_receipt_what_changed(client, smtp, world):

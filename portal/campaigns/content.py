@@ -2,7 +2,9 @@
 
 Bodies are staff-written templates rendered in Jinja's sandbox, with plain values of the
 contact only: a sensitive field is only ever seen masked (SECURITY.md 15). The HTML part is
-sanitized after rendering, so whatever a template produces, only the allowed tags go out.
+sanitized after rendering, so whatever a template produces, only the allowed tags go out; with
+the footer added, it goes out as a whole document in the contact's language, titled with the
+subject.
 """
 
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from portal.contacts import Contact
 from portal.contacts import field_value
 from portal.mail import MessageRejected
 from portal.mail import check_header
+from portal.mail import html_document
 
 MAX_SUBJECT_LENGTH = 200
 #: What a template may use: plain values of the contact, masked custom fields, one link.
@@ -246,7 +249,8 @@ def render(
 
     `footer_source` is the footer setting, if the caller read the settings already. `track`
     (for a contact who granted tracking, when the message is queued) sends the HTML part's web
-    links through the click redirect and adds the open pixel (P6); a preview never does.
+    links through the click redirect and adds the open pixel (P6); a preview never does. The
+    HTML is a whole document (see mail.html_document), the same in a preview as in the mail.
     """
     text_template, html_template, names = _templates(campaign)
     context = _context(campaign, contact, names)
@@ -257,4 +261,8 @@ def render(
     if html is not None and track:
         html = tracking.instrument(html, contact, campaign.id)
     text, html = footer.add_footer(text, html, contact, footer_source)
+    if html is not None:
+        # The body is the staff's sanitized fragment and the footer: in the language the footer
+        # is written in, the contact's.
+        html = html_document(html, language=contact.language or "en", title=campaign.subject)
     return campaign.subject, text, html

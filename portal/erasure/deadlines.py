@@ -114,9 +114,9 @@ def send(
 ) -> outbox.OutboxMessage:
     """Queue a mail about the erasure to the contact's address, in their language."""
     with force_locale(contact.language or "en"):
-        text = render_template(f"mail/{template}.txt", **context)
-        html = render_template(f"mail/{template}.html", **context)
         subject = str(subject)
+        text = render_template(f"mail/{template}.txt", subject=subject, **context)
+        html = render_template(f"mail/{template}.html", subject=subject, **context)
     # Staff send it (N4), but the contact asked to be erased: the impersonal footer, with no
     # preference link to a record on its way out, and nothing personal in a receipt that is
     # kept after the erasure.
