@@ -15,6 +15,11 @@ def wants_fragment() -> bool:
     )
 
 
+def triggered_by(*ids: str) -> bool:
+    """Say whether this is htmx asking for a fragment for the element with one of these ids."""
+    return wants_fragment() and request.headers.get("HX-Trigger") in ids
+
+
 def render(page: str, fragment: str, /, **context):
     """Render the fragment for htmx and the whole page otherwise; caches must tell them apart."""
     response = make_response(render_template(fragment if wants_fragment() else page, **context))

@@ -1,11 +1,14 @@
 """Staff sign-in (S1): passwords, sessions, the same answer for every failure, roles."""
 
 import re
+from html import unescape
 
 import pytest
 from flask import url_for
+from wtforms.validators import ValidationError
 
 from portal import staff
+from portal.backoffice.auth import SignInForm
 from portal.db import db
 from portal.hardening import limiter
 
@@ -16,6 +19,20 @@ def csrf_token(html: str) -> str:
     match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
     assert match, "the form carries a CSRF token"
     return match.group(1)
+
+
+def field_description(html: str, control_id: str) -> str:
+    """Return what a screen reader reads as a form control's description: the text of the
+    elements its aria-describedby names, each of which must be the only one with its id."""
+    control = re.search(rf'<(?:input|textarea|select)\b[^>]*\bid="{control_id}"[^>]*>', html)
+    assert control, f"a control with the id {control_id!r}"
+    described = re.search(r'aria-describedby="([^"]*)"', control.group(0))
+    texts = []
+    for ident in described.group(1).split() if described else []:
+        found = re.findall(rf'<(\w+)\b[^>]*\bid="{ident}"[^>]*>(.*?)</\1>', html, re.S)
+        assert len(found) == 1, f"{len(found)} elements have the id {ident!r}"
+        texts.append(unescape(re.sub(r"<[^>]+>", "", found[0][1])).strip())
+    return " ".join(texts)
 
 
 def sign_in(client, email, password, *, follow=False):
@@ -294,3 +311,28 @@ def test_role_walk_covers_every_staff_url(app, client, admin, agent):
                     assert response.status_code in (200, 303, 404), (role, url, method)
         assert client.post("/staff/sign-out", data={"csrf_token": token}).status_code == 303
         assert client.get("/staff/").status_code == 302
+
+
+# The page as a keyboard or screen-reader user meets it.
+
+
+def test_flashed_messages_open_the_main_content(client, admin):
+    # "Skip to content" and landmark navigation land on <main>: a message before it is skipped.
+    home = sign_in(client, "admin@example.com", PASSWORD, follow=True)
+    client.post("/staff/sign-out", data={"csrf_token": csrf_token(home.text)})
+    page = client.get("/staff/sign-in").text
+    main = page.split('<main id="main">', 1)[1]
+    assert main.lstrip().startswith('<div class="flashes" role="status"><p>You are signed out.</p>')
+    assert "flashes" not in page.split('<main id="main">', 1)[0]
+
+
+def test_two_errors_on_a_sign_in_field_are_read_together(client, admin, monkeypatch):
+    def also_refused(form, field):
+        raise ValidationError("This address is not one of ours.")
+
+    monkeypatch.setattr(SignInForm, "validate_email", also_refused, raising=False)
+    answer = sign_in(client, "a" * 255, PASSWORD)
+    assert answer.status_code == 200
+    description = field_description(answer.text, "email")
+    assert "cannot be longer than 254 characters" in description
+    assert "This address is not one of ours." in description

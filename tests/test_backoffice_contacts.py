@@ -657,3 +657,33 @@ def test_the_demo_back_office_is_usable_on_the_first_day(app, database_url, tmp_
         assert ">Reveal<" in browser.get(record).text
         # A second run of the demo changes nothing.
         assert "no change" in demo.test_cli_runner().invoke(args=["demo"]).output
+
+
+# What a keyboard or screen-reader user meets on the list.
+
+
+def test_the_count_of_results_is_announced_from_a_status_that_stays_in_place(admin_client, people):
+    # htmx replaces the results at each change of the filters: a live region inside them would
+    # be replaced too (not announced reliably, or read whole). The status beside them stays,
+    # and the fragment fills it out of band.
+    page = _list(admin_client).text
+    results = re.search(r'<section id="contact-results".*?</section>', page, re.S).group(0)
+    assert "aria-live" not in results and "role=\"status\"" not in results
+    assert '<p id="results-status" class="visually-hidden" role="status"></p>' in page
+    fragment = admin_client.get("/staff/contacts?region=EU", headers={"HX-Request": "true"}).text
+    assert "aria-live" not in fragment
+    status = re.search(r'<p id="results-status"[^>]*>(.*?)</p>', fragment)
+    assert 'role="status" hx-swap-oob="innerHTML"' in status.group(0)
+    assert status.group(1) == "3 contacts"
+
+
+def test_the_staff_navigation_says_which_section_is_open(admin_client, people):
+    def current(html: str) -> list[tuple[str, str]]:
+        nav = re.search(r'<nav aria-label="Back office">.*?</nav>', html, re.S).group(0)
+        return re.findall(r'<a [^>]*aria-current="([^"]+)"[^>]*>([^<]+)</a>', nav)
+
+    assert current(_list(admin_client).text) == [("page", "Contacts")]
+    record = admin_client.get(f"/staff/contacts/{people['ada'].public_id}").text
+    assert current(record) == [("true", "Contacts")]
+    assert current(admin_client.get("/staff/").text) == [("page", "Overview")]
+    assert current(admin_client.get("/staff/settings/history").text) == [("true", "Settings")]

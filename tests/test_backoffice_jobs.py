@@ -1,5 +1,7 @@
 """The jobs pages: start a job, watch its progress with htmx or with a plain refresh."""
 
+import re
+
 from test_backoffice_auth import csrf_token
 
 from portal import campaigns
@@ -127,3 +129,27 @@ def test_a_failed_campaign_send_is_resumed_from_the_campaigns_page(admin_client)
     assert answer.headers["Location"] == f"/staff/campaigns/{campaign.id}"
     db.session.refresh(job)
     assert job.status == "failed"  # the campaign's own page checks its rule, then resumes
+
+
+def test_the_polled_progress_keeps_focus_and_its_status_is_announced_in_place(admin_client):
+    # The section htmx replaces every second is no live region (replaced whole, it is not
+    # announced reliably) and holds no link that focus could be on; the status above it is
+    # filled out of band, so it stays in place and a screen reader hears it change.
+    job = jobs.start("reencrypt-fields", created_by="test")
+    db.session.commit()
+    page = admin_client.get(f"/staff/jobs/{job.id}").text
+    progress = re.search(r'<section id="job-progress".*?</section>', page, re.S).group(0)
+    assert 'hx-trigger="every 1s"' in progress
+    assert "aria-live" not in progress and "<a " not in progress
+    assert "Refresh to see the latest progress" in page.split(progress)[1]
+    state = re.search(r'<div id="job-state" role="status">(.*?)</div>', page, re.S)
+    assert "Status: queued" in state.group(1)
+    assert page.index('id="job-state"') < page.index('id="job-progress"')
+
+    jobs.work(once=True)
+    fragment = admin_client.get(f"/staff/jobs/{job.id}", headers={"HX-Request": "true"}).text
+    assert "aria-live" not in fragment and "Refresh to see" not in fragment
+    state = re.search(r'<div id="job-state" role="status" hx-swap-oob="innerHTML">(.*?)</div>',
+                      fragment, re.S)
+    assert "Status: done" in state.group(1)
+    assert re.search(r"(\d+) of \1 items done\.", state.group(1))

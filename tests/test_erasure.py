@@ -8,6 +8,8 @@ from html import unescape
 import pytest
 import sqlalchemy as sa
 from test_backoffice_auth import csrf_token
+from test_backoffice_auth import field_description
+from wtforms.validators import ValidationError
 
 from portal import changes
 from portal import consent
@@ -24,6 +26,7 @@ from portal import optin
 from portal import outbox
 from portal import restriction
 from portal import suppression
+from portal.backoffice.erasure import ReasonForm
 from portal.contacts import Contact
 from portal.contacts import ContactTombstone
 from portal.db import db
@@ -444,3 +447,17 @@ def test_a_receipt_the_mail_server_refuses_keeps_no_address_in_its_reason(
     assert "unknown user" in receipt.reason  # the server's answer is kept...
     assert ADDRESS not in receipt.reason.lower()  # ...but not the address it quotes
     assert "z***@e***.com" in receipt.reason.lower()
+
+
+def test_two_errors_on_a_reason_are_read_together(admin_client, person, monkeypatch):
+    def also_refused(form, field):
+        raise ValidationError("Name who asked.")
+
+    monkeypatch.setattr(ReasonForm, "validate_reason", also_refused, raising=False)
+    path = f"/staff/contacts/{person.public_id}/stop-processing"
+    page = admin_client.get(path)
+    answer = admin_client.post(path, data={"csrf_token": csrf_token(page.text),
+                                           "reason": "x" * (restriction.MAX_REASON + 1)})
+    assert answer.status_code == 200
+    description = field_description(answer.text, "reason")
+    assert "cannot be longer than" in description and "Name who asked." in description

@@ -50,7 +50,7 @@ def jobs_start(kind: str):
 def jobs_show(job_id: int):
     """Show a job's progress; htmx polls the progress fragment while it runs."""
     job = db.get_or_404(jobs.Job, job_id)
-    return htmx.render("backoffice/job.html", "backoffice/_job_progress.html", job=job,
+    return htmx.render("backoffice/job.html", "backoffice/_job_poll.html", job=job,
                        campaign_id=_campaign_of(job))
 
 

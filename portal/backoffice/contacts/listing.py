@@ -58,6 +58,8 @@ def _render_list(filters, errors, number=1, *, save_errors=None, saved_name=""):
         save_errors=save_errors or {},
         saved_name=saved_name,
         status_words=STATUS_WORDS,
+        # Another page replaces the links that were pressed: focus goes to the results' heading.
+        focus_results=htmx.triggered_by("previous-page", "next-page"),
     )
     return htmx.render(
         "backoffice/contacts/list.html", "backoffice/contacts/_results.html", **context
