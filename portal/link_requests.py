@@ -64,22 +64,6 @@ def ask(address: str, *, allowed: bool) -> None:
     db.session.add(LinkRequest(contact_id=contact_id if allowed else None))
 
 
-def _taken(limit: int) -> list[int | None]:
-    """Delete up to `limit` of the oldest requests and return the contacts they named.
-
-    Read first, so that a pass with nothing waiting writes nothing; then one DELETE ...
-    RETURNING: two workers on PostgreSQL never both take a row (the second's DELETE finds it
-    gone once the first commits), and a rollback puts the rows back.
-    """
-    ids = list(db.session.scalars(sa.select(LinkRequest.id).order_by(LinkRequest.id)
-                                  .limit(limit)))
-    if not ids:
-        return []
-    statement = (sa.delete(LinkRequest).where(LinkRequest.id.in_(ids))
-                 .returning(LinkRequest.contact_id))
-    return list(db.session.scalars(statement))
-
-
 def _wanted(contact: Contact | None) -> bool:
     return (contact is not None and contact.erased_at is None
             and contacts.mailable(contact.email) and not suppression.is_suppressed(contact.email))
@@ -104,20 +88,12 @@ def answer(limit: int = BATCH) -> int:
     """Queue the fresh links asked for since the last pass, in the current transaction (the
     worker's claim that follows commits it); return how many requests were taken, their mails
     queued or dropped (no contact, erased, suppressed or unmailable)."""
-    taken = _taken(limit)
-    for contact_id in taken:
-        contact = db.session.get(Contact, contact_id) if contact_id is not None else None
+    taken = outbox.take_queued(LinkRequest, limit, LinkRequest.contact_id)
+    for row in taken:
+        contact = db.session.get(Contact, row.contact_id) if row.contact_id is not None else None
         if not _wanted(contact):
             continue
-        try:
-            with db.session.begin_nested():
-                send_link(contact, Category.OWN_ACTION,
-                          _l("Your link to your privacy preferences"))
-        except MessageRejected as error:
-            log.warning("fresh link for contact %s not queued: %s", contact.public_id, error)
-        except sa.exc.OperationalError:
-            raise  # the database is away: the worker rolls back, and the rows come back
-        except Exception:
-            # A fault of ours in one mail must not hold up every mail behind it.
-            log.exception("fresh link for contact %s failed and is dropped", contact.public_id)
+        with outbox.composing(log, f"fresh link for contact {contact.public_id}",
+                              refused=(MessageRejected,)):
+            send_link(contact, Category.OWN_ACTION, _l("Your link to your privacy preferences"))
     return len(taken)

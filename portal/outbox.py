@@ -487,6 +487,38 @@ def composer(function: Callable[[], int]) -> Callable[[], int]:
     return function
 
 
+def take_queued(model, limit: int, *columns) -> list:
+    """Delete up to `limit` of the oldest rows of a composer's queue table and return the
+    given columns of each, oldest first.
+
+    Read first, so that a pass with nothing waiting writes nothing; then one DELETE ...
+    RETURNING: two workers on PostgreSQL never both take a row (the second's DELETE finds it
+    gone once the first commits), and a rollback puts the rows back.
+    """
+    ids = list(db.session.scalars(sa.select(model.id).order_by(model.id).limit(limit)))
+    if not ids:
+        return []
+    statement = sa.delete(model).where(model.id.in_(ids)).returning(model.id, *columns)
+    return sorted(db.session.execute(statement).all(), key=lambda row: row.id)
+
+
+@contextmanager
+def composing(logger: logging.Logger, what: str, refused: tuple = ()):
+    """Do one queued item's work in a savepoint: an error the rules raise (`refused`) is
+    logged as such; any other fault of ours is logged, with its traceback, and the item
+    dropped, so that it holds up none of the mail behind it on every pass. A database that
+    is away is not the item's fault: the worker rolls back and the items come back."""
+    try:
+        with db.session.begin_nested():
+            yield
+    except refused as error:
+        logger.info("%s not done: %s", what, error)
+    except sa.exc.OperationalError:
+        raise
+    except Exception:
+        logger.exception("%s failed and is dropped", what)
+
+
 def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     """Deliver due messages until stopped (or until none is due, with `once`)."""
     tally = Tally()

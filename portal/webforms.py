@@ -167,22 +167,6 @@ def queue(
     ))
 
 
-def _taken(limit: int) -> list[QueuedSignup]:
-    """Delete up to `limit` of the oldest queued sign-ups and return them.
-
-    Read first, so that a pass with nothing waiting writes nothing; then one DELETE ...
-    RETURNING, so that two workers on PostgreSQL never both take a row and a rollback puts
-    the rows back.
-    """
-    ids = list(db.session.scalars(sa.select(QueuedSignup.id).order_by(QueuedSignup.id)
-                                  .limit(limit)))
-    if not ids:
-        return []
-    statement = (sa.delete(QueuedSignup).where(QueuedSignup.id.in_(ids))
-                 .returning(*QueuedSignup.__table__.columns))
-    return sorted(db.session.execute(statement).all(), key=lambda row: row.id)
-
-
 @outbox.composer
 def answer_queued(limit: int = BATCH) -> int:
     """Do the sign-ups queued since the worker's last pass, each in a savepoint of the current
@@ -191,7 +175,11 @@ def answer_queued(limit: int = BATCH) -> int:
     One that a rule refuses (an address that cannot be mailed, a record that may not change)
     leaves nothing, as the request's answer promised nothing.
     """
-    taken = _taken(limit)
+    taken = outbox.take_queued(
+        QueuedSignup, limit, QueuedSignup.address, QueuedSignup.list_ids, QueuedSignup.marketing,
+        QueuedSignup.first_name, QueuedSignup.language, QueuedSignup.ip_address,
+        QueuedSignup.user_agent,
+    )
     for row in taken:
         if row.address is None:
             continue
@@ -200,20 +188,11 @@ def answer_queued(limit: int = BATCH) -> int:
                          if found is not None and found.public]
         if not mailing_lists:
             continue  # made private or deleted since
-        try:
-            with db.session.begin_nested():
-                sign_up(row.address, mailing_lists, marketing=row.marketing,
-                        first_name=row.first_name, language=row.language,
-                        evidence=Evidence(ip_address=row.ip_address,
-                                          user_agent=row.user_agent))
-        except (contacts.ContactError, optin.TransitionRefused, MessageRejected) as error:
-            log.info("queued sign-up %s not done: %s", row.id, error)
-        except sa.exc.OperationalError:
-            raise  # the database is away: the worker rolls back, and the rows come back
-        except Exception:
-            # A fault of ours in one sign-up must not hold up every mail behind it: the row is
-            # dropped (its savepoint undone) and the error logged, masked, for the operator.
-            log.exception("queued sign-up %s failed and is dropped", row.id)
+        refused = (contacts.ContactError, optin.TransitionRefused, MessageRejected)
+        with outbox.composing(log, f"queued sign-up {row.id}", refused=refused):
+            sign_up(row.address, mailing_lists, marketing=row.marketing,
+                    first_name=row.first_name, language=row.language,
+                    evidence=Evidence(ip_address=row.ip_address, user_agent=row.user_agent))
     return len(taken)
 
 
