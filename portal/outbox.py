@@ -495,7 +495,9 @@ def take_queued(model, limit: int, *columns) -> list:
     RETURNING: two workers on PostgreSQL never both take a row (the second's DELETE finds it
     gone once the first commits), and a rollback puts the rows back.
     """
-    ids = list(db.session.scalars(sa.select(model.id).order_by(model.id).limit(limit)))
+    # SKIP LOCKED (PostgreSQL): a second worker takes other rows rather than wait for these.
+    ids = list(db.session.scalars(sa.select(model.id).order_by(model.id).limit(limit)
+                                  .with_for_update(skip_locked=True)))
     if not ids:
         return []
     statement = sa.delete(model).where(model.id.in_(ids)).returning(model.id, *columns)
@@ -526,12 +528,14 @@ def work(*, once: bool = False, idle_seconds: float = 1.0, stop=None) -> Tally:
     stop = stop or threading.Event()  # never set: run until the process ends
     while not stop.is_set():
         with outage_tolerated("outbox worker", once=once):
-            for compose in COMPOSERS:
-                compose()
+            # A composer that took anything may have more waiting: no sleep until all are done.
+            busy = sum(compose() for compose in COMPOSERS)
             ids = claim(batch)
             if ids:
                 with _one_connection():
                     deliver(ids, tally)
+                continue
+            if busy:
                 continue
         if once:
             break

@@ -205,6 +205,18 @@ def test_a_sign_up_that_fails_is_dropped_and_holds_up_no_mail(
     assert len(smtp.messages) == 1
 
 
+def test_a_backlog_of_queued_sign_ups_is_worked_off_in_one_run(app, news, visitor, smtp):
+    # Rows over the limits make no mail; the worker must not sleep between batches of them
+    # while a real sign-up waits behind.
+    db.session.add_all([webforms.QueuedSignup(address=None, list_ids=[news.id], marketing=True)
+                        for _ in range(webforms.BATCH * 2 + 50)])
+    db.session.commit()
+    visitor.post("/f/news", data={"email": "late@example.com", "marketing": "yes"})
+    outbox.work(once=True)
+    assert [m.rcpt_tos for m in smtp.messages] == [["late@example.com"]]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(webforms.QueuedSignup)) == 0
+
+
 def test_the_limit_per_ip_holds_across_addresses(app, news, visitor):
     for number in range(33):
         assert sign_up(visitor, f"person{number}@example.com").status_code == 303
